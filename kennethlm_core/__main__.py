@@ -1,0 +1,3 @@
+from kennethlm_core.cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""Saving and loading without surprises: safetensors for tensors, JSON for the rest, and every
+write atomic (temporary file, fsync, rename), so a process killed at any moment leaves the
+previous file intact. Nothing here unpickles: loading a checkpoint never executes code.
+
+A run folder holds ``model.safetensors`` (the weights, for eval and sampling) and
+``checkpoint.safetensors`` (weights, optimizer state, random generators, data position and
+training clock in one file, so they can never disagree), which ``--resume`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from kennethlm_core.errors import CheckpointError
+
+CHECKPOINT = "checkpoint.safetensors"
+WEIGHTS = "model.safetensors"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tied tensors stored once (under their first name)."""
+    out, seen = {}, set()
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), t.shape, t.stride()) if t.numel() else None
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return load_file(path)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} is truncated or not a safetensors file ({str(e).splitlines()[0][:80]}); "
+            "restore it, or train the run again"
+        ) from None
+
+
+def _metadata(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("klm", "{}"))
+
+
+def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    expected = unique_state(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not match the model of config.json "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{source}: {name} has shape {tuple(t.shape)}, the model expects "
+                f"{tuple(expected[name].shape)}; were config.json or the tokenizer changed?"
+            )
+    model.load_state_dict(tensors, strict=False)
+
+
+def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    atomic_write_bytes(path, save(unique_state(model)))
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    load_state(model, _read(Path(path)), Path(path))
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+) -> None:
+    """Everything a resumed run needs, in one file written atomically."""
+    tensors = {f"model.{k}": v for k, v in unique_state(model).items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, Any] = {}
+    for pid, state in opt["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    for name, state in rng.items():
+        tensors[f"rng.{name}"] = state.contiguous().cpu()
+    klm = {**meta, "param_groups": opt["param_groups"], "optim_scalars": scalars}
+    atomic_write_bytes(path, save(tensors, metadata={"klm": json.dumps(klm)}))
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore model and optimizer in place; return (rng states, meta)."""
+    path = Path(path)
+    tensors = _read(path)
+    try:
+        meta = _metadata(path)
+        groups = meta.pop("param_groups")
+        scalars = meta.pop("optim_scalars")
+    except Exception:
+        raise CheckpointError(f"{path} has no KennethLM metadata; it is not a checkpoint") from None
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for key, value in scalars.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    try:
+        optimizer.load_state_dict({"state": dict(sorted(state.items())), "param_groups": groups})
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not fit ({e})") from None
+    rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return rng, meta

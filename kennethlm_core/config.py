@@ -1,0 +1,381 @@
+"""One flat run configuration.
+
+Precedence, lowest first: the defaults below (the baseline recipe), a recipe from
+registry.toml (``--recipe``), command-line flags, ``--set key=value``. Components may declare
+options of their own (``register(..., options={"window": 64})``); those live in
+``RunConfig.options`` and are set the same way. ``config.json`` stores everything flat.
+
+This module imports neither torch nor any plugin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kennethlm_core.errors import ConfigError
+
+MODEL_SLOTS = ("attention", "posemb", "norm", "mlp")
+
+
+@dataclass
+class RunConfig:
+    # components, one per slot
+    model: str = "gpt"
+    attention: str = "naive"
+    posemb: str = "learned"
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    tokenizer: str = "char"
+    vocab_size: int = 0  # 0: the tokenizer's own default
+    corpus: str = "sample"  # a registered corpus name, or a path (file, folder, glob)
+    mix: str = ""  # domain weights for training batches, "books=0.5,speech=0.5"; "" = natural
+    # model shape
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    bias: bool = False
+    dropout: float = 0.0
+    residual: bool = True  # False only to show, in the ladder, what residual connections buy
+    # optimisation
+    batch_size: int = 12
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    # budget: training stops at the first limit reached; 0 means no limit of that kind
+    steps: int = 600
+    tokens: int = 0
+    time: float = 0.0  # seconds of training (evaluation does not count)
+    # evaluation
+    eval_every: int = 100
+    eval_bytes: int = 65_536  # validation bytes scored at each evaluation during training
+    final_eval_bytes: int = 1_048_576  # validation bytes scored for the run's summary
+    val_fraction: float = 0.05
+    tokenizer_train_bytes: int = 16_000_000  # text a tokenizer may read to learn its vocabulary
+    # system
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int = 0  # 0: torch's default
+    compile: bool = False
+    # component options (declared by plugins), e.g. {"window": 64}
+    options: dict[str, Any] = field(default_factory=dict)
+
+    # -- conversions ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        d.update(sorted(self.options.items()))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        names = field_names()
+        cfg = cls(**{k: v for k, v in d.items() if k in names})
+        cfg.options = {k: v for k, v in d.items() if k not in names}
+        return cfg
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A component option (or a core field) by name."""
+        if key in self.options:
+            return self.options[key]
+        return getattr(self, key, default)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def field_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(RunConfig)} - {"options"}
+
+
+def field_types() -> dict[str, type]:
+    defaults = RunConfig()
+    return {name: type(getattr(defaults, name)) for name in field_names()}
+
+
+# -- parsing values ----------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90s', '15m', '1h30m', '90' (seconds) -> seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    m = _DURATION.match(text.strip().lower())
+    if not text.strip() or not m or not any(m.groups()):
+        raise ConfigError(f"cannot read duration '{text}'; write it like 90s, 15m or 1h30m")
+    h, mins, s = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mins * 60 + s
+
+
+def parse_count(text: str | int) -> int:
+    """'1000', '2M', '500k', '1e6' -> int."""
+    if isinstance(text, int):
+        return text
+    t = text.strip().lower().replace("_", "")
+    scale = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
+    try:
+        if t and t[-1] in scale:
+            return int(float(t[:-1]) * scale[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise ConfigError(f"cannot read count '{text}'; write it like 600, 500k or 2M") from None
+
+
+def coerce(key: str, value: Any, like: Any) -> Any:
+    """Turn ``value`` (often a string from the command line) into the type of ``like``."""
+    if key == "time":
+        return parse_duration(value)
+    if key in ("tokens", "steps") and isinstance(value, str):
+        return parse_count(value)
+    if not isinstance(value, str):
+        if isinstance(like, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    text = value.strip()
+    try:
+        if isinstance(like, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(like, int):
+            return int(float(text)) if re.fullmatch(r"-?\d+(\.0*)?(e\d+)?", text) else int(text)
+        if isinstance(like, float):
+            return float(text)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}[type(like)]
+        raise ConfigError(f"{key} must be {kind}, got '{value}'") from None
+    if like is None:  # an option without a typed default: guess from the text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """['lr=3e-4', 'window=32'] -> {'lr': '3e-4', 'window': '32'}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z_][\w.-]*", key.strip()):
+            raise ConfigError(f"--set expects key=value, got '{item}' (for example --set lr=3e-4)")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+# -- recipes -----------------------------------------------------------------------------
+
+
+def registry_path() -> Path:
+    """registry.toml: $KLM_REGISTRY, else the one at the root of the source checkout."""
+    env = os.environ.get("KLM_REGISTRY")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "registry.toml"
+
+
+def load_registry_doc(path: Path | None = None) -> dict[str, Any]:
+    import tomllib
+
+    path = path or registry_path()
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML ({e}); fix or restore it") from None
+
+
+def recipe_names(doc: dict[str, Any] | None = None) -> list[str]:
+    doc = load_registry_doc() if doc is None else doc
+    return sorted(doc.get("recipes", {}))
+
+
+def load_recipe(name: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc = load_registry_doc() if doc is None else doc
+    recipes = doc.get("recipes", {})
+    if name not in recipes:
+        close = difflib.get_close_matches(name, list(recipes), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        known = ", ".join(sorted(recipes)) or f"(none: {registry_path()} has no [recipes])"
+        raise ConfigError(f"unknown recipe '{name}'; {hint}known: {known}")
+    return {k: v for k, v in recipes[name].items() if k != "description"}
+
+
+# -- building and checking a configuration -------------------------------------------------
+
+BUDGET_KEYS = ("steps", "tokens", "time")
+
+
+def build_config(
+    recipe: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults < base (a saved config) < recipe < overrides. Values may be strings.
+
+    Setting any budget (steps, tokens, time) in ``overrides`` clears the others, so
+    ``--time 15m`` on a recipe with ``steps = 2000`` trains for 15 minutes.
+    """
+    values: dict[str, Any] = dict(base or {})
+    if recipe:
+        values.update(load_recipe(recipe))
+    overrides = dict(overrides or {})
+    if any(k in overrides for k in BUDGET_KEYS):
+        for k in BUDGET_KEYS:
+            values[k] = 0
+    values.update(overrides)
+    types = RunConfig().to_dict()
+    cfg = RunConfig()
+    for key, value in values.items():
+        if key in types:
+            setattr(cfg, key, coerce(key, value, types[key]))
+        else:
+            cfg.options[key] = value  # typed and checked against the components in resolve()
+    return cfg
+
+
+def resolve(cfg: RunConfig, registry: Any) -> RunConfig:
+    """Check names, sizes and pairings; fill in component option defaults. Returns cfg."""
+    chosen = selected_components(cfg, registry)
+    declared: dict[str, Any] = {}
+    for comp in chosen.values():
+        for key, default in comp.options.items():
+            declared.setdefault(key, default)
+    for key in list(cfg.options):
+        if key not in declared:
+            raise ConfigError(_unknown_setting(key, cfg, registry))
+        cfg.options[key] = coerce(key, cfg.options[key], declared[key])
+    for key, default in declared.items():
+        cfg.options.setdefault(key, default)
+    check_values(cfg)
+    check_pairs(chosen, registry)
+    return cfg
+
+
+def selected_components(cfg: RunConfig, registry: Any) -> dict[str, Any]:
+    model = registry.get("model", cfg.model)
+    slots = ["model", *model.extra.get("uses", MODEL_SLOTS)]
+    slots += ["optimizer", "schedule", "tokenizer"]
+    chosen = {slot: registry.get(slot, getattr(cfg, slot)) for slot in slots}
+    chosen["corpus"] = corpus_component(cfg.corpus, registry)
+    return chosen
+
+
+def corpus_component(corpus: str, registry: Any) -> Any:
+    """A registered corpus name, else the ``path`` corpus for a file, folder or glob."""
+    names = registry.names("corpus")
+    if corpus in names:
+        return registry.get("corpus", corpus)
+    if looks_like_path(corpus):
+        return registry.get("corpus", "path")
+    close = difflib.get_close_matches(corpus, names, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ConfigError(
+        f"corpus '{corpus}' is neither a registered corpus nor an existing file or folder; "
+        f"{hint}corpora: {', '.join(n for n in names if n != 'path')}, or a path"
+    )
+
+
+def looks_like_path(text: str) -> bool:
+    import glob
+
+    return Path(text).expanduser().exists() or bool(glob.glob(os.path.expanduser(text)))
+
+
+def check_values(cfg: RunConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.n_layer >= 1, f"n_layer must be at least 1, got {cfg.n_layer}")
+    need(cfg.n_head >= 1, f"n_head must be at least 1, got {cfg.n_head}")
+    need(cfg.n_embd >= 1, f"n_embd must be at least 1, got {cfg.n_embd}")
+    need(
+        cfg.n_embd % cfg.n_head == 0,
+        f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head}); "
+        f"try --n-embd {cfg.n_head * max(1, round(cfg.n_embd / cfg.n_head))}",
+    )
+    need(cfg.block_size >= 1, f"block_size must be at least 1, got {cfg.block_size}")
+    need(cfg.batch_size >= 1, f"batch_size must be at least 1, got {cfg.batch_size}")
+    need(
+        cfg.vocab_size >= 0,
+        f"vocab_size must be positive (or 0 for the default), got {cfg.vocab_size}",
+    )
+    need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
+    need(0 <= cfg.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    need(0 <= cfg.dropout < 1, f"dropout must be in [0, 1), got {cfg.dropout}")
+    need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    need(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
+    need(cfg.grad_clip >= 0, f"grad_clip must be >= 0 (0 turns it off), got {cfg.grad_clip}")
+    need(cfg.warmup_steps >= 0, f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    for key in BUDGET_KEYS:
+        need(getattr(cfg, key) >= 0, f"{key} must be >= 0, got {getattr(cfg, key)}")
+    need(
+        any(getattr(cfg, k) > 0 for k in BUDGET_KEYS),
+        "no training budget: give --steps N, --tokens N or --time 15m",
+    )
+    need(cfg.eval_every >= 1, f"eval_every must be at least 1, got {cfg.eval_every}")
+    need(cfg.eval_bytes >= 1 and cfg.final_eval_bytes >= 1, "eval_bytes must be positive")
+    need(0 < cfg.val_fraction < 1, f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    need(cfg.threads >= 0, f"threads must be >= 0, got {cfg.threads}")
+    need(
+        re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,
+        f"device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'",
+    )
+    need(
+        cfg.dtype in ("auto", "float32", "bfloat16", "float16"),
+        f"dtype must be auto, float32, bfloat16 or float16, got '{cfg.dtype}'",
+    )
+
+
+def check_pairs(chosen: dict[str, Any], registry: Any) -> None:
+    """Refuse pairs where one component needs a feature the other does not provide."""
+    for comp in chosen.values():
+        for slot, needed in comp.requires.items():
+            other = chosen.get(slot)
+            if other is None:
+                continue
+            missing = sorted(needed - other.provides)
+            if missing:
+                able = [c.name for c in registry.components[slot].values() if needed <= c.provides]
+                raise ConfigError(
+                    f"{comp.slot} '{comp.name}' cannot be used with {slot} '{other.name}': "
+                    f"it needs {', '.join(missing)}, which {slot} '{other.name}' does not "
+                    f"provide; {slot}s that do: {', '.join(able) or 'none installed'}"
+                )
+
+
+def _unknown_setting(key: str, cfg: RunConfig, registry: Any) -> str:
+    owners = [c for c in registry.all() if key in c.options]
+    if owners:
+        where = ", ".join(f"{c.slot} '{c.name}'" for c in owners)
+        return f"setting '{key}' belongs to {where}, which this run does not use"
+    known = sorted(field_names() | {k for c in registry.all() for k in c.options})
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown setting '{key}'{hint} (`klm run --help` lists the settings)"

@@ -1,0 +1,116 @@
+"""The whole contract between KennethLM and its plugins.
+
+A plugin is a module with functions marked ``@hookimpl``, listed under the ``kennethlm``
+entry-point group of its distribution. For each slot there is one hook; the host calls it
+with a ``register`` function bound to that slot:
+
+    @hookimpl
+    def klm_register_attention(register):
+        register("flash", make_flash, summary="torch scaled_dot_product_attention",
+                 provides={"score_bias"})
+
+``register(name, factory, summary="", *, provides=(), requires=None, options=None, **extra)``
+
+- ``factory`` builds the component; its signature depends on the slot (see components.py).
+- ``provides``: features other components may need (an attention that takes a score bias
+  provides ``"score_bias"``).
+- ``requires``: ``{slot: features}`` this component needs from the component chosen in another
+  slot (ALiBi requires ``{"attention": {"score_bias"}}``). Impossible pairs are refused
+  before training.
+- ``options``: settings the component reads from the run config, with defaults
+  (``{"window": 64}``); users change them with ``--set window=32``.
+- any other keyword is kept as a capability the core may read (e.g. ``uses`` on a model).
+"""
+
+import pluggy
+
+PROJECT = "kennethlm"
+SLOTS = (
+    "model",
+    "attention",
+    "posemb",
+    "norm",
+    "mlp",
+    "optimizer",
+    "schedule",
+    "tokenizer",
+    "corpus",
+    "task",
+)
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def klm_register_model(register):
+    """Register models: ``factory(cfg, vocab_size, parts) -> nn.Module``.
+
+    The module's ``forward(idx, targets=None)`` returns ``(logits, loss)``; ``parts`` builds the
+    attention, posemb, norm and mlp components chosen for the run.
+    """
+
+
+@hookspec
+def klm_register_attention(register):
+    """Register attention kernels: ``factory(cfg) -> nn.Module``.
+
+    Called as ``module(q, k, v, bias=None)`` with q, k, v of shape (B, H, T, D) and an optional
+    additive score bias broadcastable to (B, H, T, T); returns (B, H, T, D). Must be causal.
+    Declare ``provides={"score_bias"}`` when a bias is supported.
+    """
+
+
+@hookspec
+def klm_register_posemb(register):
+    """Register positional embeddings: ``factory(cfg) -> components.PositionalEmbedding``."""
+
+
+@hookspec
+def klm_register_norm(register):
+    """Register normalisation layers: ``factory(cfg, dim) -> nn.Module``."""
+
+
+@hookspec
+def klm_register_mlp(register):
+    """Register feed-forward blocks: ``factory(cfg) -> nn.Module`` mapping n_embd to n_embd.
+
+    Name the output projection ``c_proj`` to get the scaled residual initialisation.
+    """
+
+
+@hookspec
+def klm_register_optimizer(register):
+    """Register optimizers: ``factory(cfg, model) -> torch.optim.Optimizer``.
+
+    Each step the trainer sets every param group's lr to the lr it was built with times the
+    schedule's multiplier, so a group may have its own base rate.
+    """
+
+
+@hookspec
+def klm_register_schedule(register):
+    """Register learning-rate schedules: ``factory(cfg) -> f(step, progress) -> multiplier``.
+
+    ``progress`` runs from 0 to 1 over the run's budget (steps, tokens or time).
+    """
+
+
+@hookspec
+def klm_register_tokenizer(register):
+    """Register tokenizers: ``factory(cfg) -> components.Tokenizer``."""
+
+
+@hookspec
+def klm_register_corpus(register):
+    """Register corpora: ``factory(cfg) -> components.Corpus``."""
+
+
+@hookspec
+def klm_register_task(register):
+    """Register evaluation tasks: ``factory(cfg) -> components.Task``."""
+
+
+@hookspec
+def klm_register_commands(cli):
+    """Add commands to the ``klm`` click group (``cli.add_command(...)``)."""

@@ -1,0 +1,174 @@
+"""The models: a bigram table and a GPT assembled from slot components.
+
+With attention ``naive``, posemb ``learned``, norm ``layernorm`` and mlp ``gelu`` the GPT is
+nanoGPT's: pre-norm blocks, tied input and output embeddings, N(0, 0.02) initialisation with
+the residual projections (``c_proj``) scaled by 1/sqrt(2 * n_layer), optional biases, dropout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kennethlm_core.config import MODEL_SLOTS, RunConfig
+
+
+class Parts:
+    """The factories of the components a model assembles, chosen by the run config.
+
+    ``parts.attention(cfg)``, ``parts.posemb(cfg)``, ``parts.norm(cfg, dim)``, ``parts.mlp(cfg)``.
+    A factory may return None for "no such sublayer" (mlp ``none``).
+    """
+
+    def __init__(self, cfg: RunConfig, registry: Any):
+        for slot in MODEL_SLOTS:
+            setattr(self, slot, registry.get(slot, getattr(cfg, slot)).factory)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: RunConfig, parts: Parts):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v at once
+        self.attend = parts.attention(cfg)  # the attention slot: (q, k, v, bias) -> y
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, posemb, bias):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k = posemb.rotate(q, k)
+        y = self.attend(q, k, v, bias)  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: RunConfig, parts: Parts):
+        super().__init__()
+        self.residual = cfg.residual
+        self.ln_1 = parts.norm(cfg, cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg, parts)
+        self.ln_2 = parts.norm(cfg, cfg.n_embd)
+        self.mlp = parts.mlp(cfg)
+
+    def forward(self, x, posemb, bias):
+        if self.residual:
+            x = x + self.attn(self.ln_1(x), posemb, bias)
+            if self.mlp is not None:
+                x = x + self.mlp(self.ln_2(x))
+        else:  # the ladder's "before residual connections" step
+            x = self.attn(self.ln_1(x), posemb, bias)
+            if self.mlp is not None:
+                x = self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: RunConfig, vocab_size: int, parts: Parts):
+        super().__init__()
+        self.block_size = cfg.block_size
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.posemb = parts.posemb(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg, parts) for _ in range(cfg.n_layer)])
+        self.ln_f = parts.norm(cfg, cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight  # weight tying: one matrix reads and writes tokens
+
+        self.apply(init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # residual projections, GPT-2's scaled init
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        if T > self.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size {self.block_size}")
+        x = self.drop(self.posemb.embed(self.wte(idx)))
+        bias = self.posemb.score_bias(T, idx.device)
+        for block in self.blocks:
+            x = block(x, self.posemb, bias)
+        logits = self.lm_head(self.ln_f(x))
+        return logits, lm_loss(logits, targets)
+
+
+class Bigram(nn.Module):
+    """Each token's logits for the next token, read from a table: no context at all."""
+
+    def __init__(self, cfg: RunConfig, vocab_size: int, parts: Parts | None = None):
+        super().__init__()
+        self.block_size = cfg.block_size
+        self.table = nn.Embedding(vocab_size, vocab_size)
+        nn.init.normal_(self.table.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None):
+        logits = self.table(idx)
+        return logits, lm_loss(logits, targets)
+
+
+def init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def lm_loss(logits, targets):
+    """Mean cross-entropy over targets; -1 marks positions not to score."""
+    if targets is None:
+        return None
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+
+def build_model(cfg: RunConfig, vocab_size: int, registry: Any) -> nn.Module:
+    """The run's model, built by the model slot's factory from the other slots' components."""
+    return registry.get("model", cfg.model).factory(cfg, vocab_size, Parts(cfg, registry))
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters, counting tied weights once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    block_size: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    stop_id: int | None = None,
+) -> torch.Tensor:
+    """Extend idx (B, T) by sampling; temperature 0 is greedy. Stops early when every row
+    has produced ``stop_id``."""
+    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -block_size:])
+        logits = logits[:, -1, :].float()
+        if temperature == 0:
+            nxt = logits.argmax(dim=-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits, dim=-1)
+            nxt = torch.multinomial(probs, num_samples=1, generator=generator)
+        idx = torch.cat((idx, nxt), dim=1)
+        if stop_id is not None:
+            done |= nxt.squeeze(1) == stop_id
+            if bool(done.all()):
+                break
+    return idx

@@ -1,0 +1,473 @@
+"""The training loop.
+
+One run: prepare the data, build the model from its slots, train until the budget (steps,
+tokens or seconds of training) is spent, evaluating bits per byte on a fixed validation slice
+every ``eval_every`` steps and checkpointing after each evaluation. The run folder gets
+config.json, metrics.jsonl, checkpoint.safetensors, model.safetensors, tokenizer/ and
+summary.json. ``train_time_s`` counts training steps only, never evaluation or start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kennethlm_core.checkpoint import (
+    CHECKPOINT,
+    WEIGHTS,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
+from kennethlm_core.config import BUDGET_KEYS, RunConfig, coerce, resolve
+from kennethlm_core.data import Batches, prepare_data
+from kennethlm_core.errors import CheckpointError, ConfigError, KLMError
+from kennethlm_core.evaluate import bits_per_byte
+from kennethlm_core.model import build_model, count_params
+
+RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINT, WEIGHTS, "summary.json", "tokenizer")
+
+
+class Interrupted(KLMError):
+    """Training was stopped by a signal after writing a checkpoint."""
+
+
+class NonFiniteLoss(KLMError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# -- devices and precision ---------------------------------------------------------------
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was asked for, but torch sees no CUDA GPU; use --device auto"
+        )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for, but MPS is not available; use --device auto")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, dtype: str):
+    """(context manager, dtype name): bf16 autocast on GPUs that have it, float32 elsewhere."""
+    if dtype == "auto":
+        bf16_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = "bfloat16" if bf16_gpu else "float32"
+    if dtype == "float32":
+        return contextlib.nullcontext(), dtype
+    return torch.autocast(device.type, dtype=getattr(torch, dtype)), dtype
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads, {cpu_name()})"
+    return device.type
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=root,
+            text=True,
+            capture_output=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            text=True,
+            capture_output=True,
+            timeout=5,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return sha + ("-dirty" if sha and dirty.strip() else "")
+
+
+# -- run folders -----------------------------------------------------------------------------
+
+
+def load_run_config(run_dir: Path, registry: Any) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(
+            f"{run_dir} is not a run folder (no config.json); give a folder made by klm run"
+        )
+    try:
+        cfg = RunConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(
+            f"{path} is not a valid run config ({e}); restore it from a copy"
+        ) from None
+    return resolve(cfg, registry)
+
+
+def check_run_dir(out: Path, cfg: RunConfig, force: bool) -> None:
+    """A new run may go into a missing or empty folder; replacing an existing run needs --force.
+
+    Only checks: nothing is written until the data is ready, so a failed start leaves no trace.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    if not out.exists() or not any(out.iterdir()) or force and (out / "config.json").exists():
+        return
+    existing = out / "config.json"
+    if not existing.exists():
+        raise ConfigError(
+            f"--out {out} is a non-empty folder that is not a run; choose another --out"
+        )
+    try:
+        same = json.loads(existing.read_text()) == cfg.to_dict()
+    except json.JSONDecodeError:
+        same = False
+    what = "this configuration" if same else "another configuration"
+    raise ConfigError(
+        f"--out {out} already holds a run of {what}; use --resume {out} to continue it, "
+        "--force to replace it, or another --out"
+    )
+
+
+def init_run_dir(out: Path, cfg: RunConfig) -> None:
+    """Clear the files of a replaced run (--force) and write config.json."""
+    for name in (*RUN_FILES, "eval.json"):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", cfg.to_dict())
+
+
+def resume_config(out: Path, overrides: dict[str, Any], registry: Any) -> RunConfig:
+    """The saved config of ``out``; only the budget may change when resuming."""
+    if not (out / CHECKPOINT).exists():
+        if not (out / "config.json").exists():
+            raise CheckpointError(f"--resume {out}: not a run folder (no config.json)")
+        raise CheckpointError(f"--resume {out}: the run has no checkpoint yet; start it again")
+    cfg = load_run_config(out, registry)
+    overrides = {k: coerce(k, v, cfg.get(k)) for k, v in overrides.items()}
+    changed = {k for k, v in overrides.items() if k not in BUDGET_KEYS and cfg.get(k) != v}
+    if changed:
+        raise ConfigError(
+            f"cannot change {', '.join(sorted(changed))} when resuming; only the budget "
+            "(--steps, --tokens, --time) may change. Start a new run for a new configuration"
+        )
+    if any(k in overrides for k in BUDGET_KEYS):
+        cfg = cfg.replace(**{k: overrides.get(k, 0) for k in BUDGET_KEYS})
+    return cfg
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+@dataclass
+class Clock:
+    step: int = 0
+    tokens: int = 0
+    train_time: float = 0.0
+
+    def progress(self, cfg: RunConfig) -> float:
+        """Fraction of the budget used: the largest over the limits that are set."""
+        used = [
+            self.step / cfg.steps if cfg.steps else 0.0,
+            self.tokens / cfg.tokens if cfg.tokens else 0.0,
+            self.train_time / cfg.time if cfg.time else 0.0,
+        ]
+        return min(1.0, max(used))
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into 'finish this step, checkpoint, exit'."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def preflight(cfg: RunConfig, registry: Any) -> None:
+    """Build the tokenizer and the model (on the meta device, no memory) so that a setting a
+    component refuses fails now, before any data is read or any file written."""
+    registry.get("tokenizer", cfg.tokenizer).factory(cfg)
+    with torch.device("meta"):
+        build_model(cfg, 256, registry)
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    registry: Any = None,
+    resume: bool = False,
+    force: bool = False,
+    log: Callable[[str], None] = lambda msg: None,
+    progress: Any = None,
+    on_eval: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> dict[str, Any]:
+    """Train one run into folder ``out`` and return its summary.
+
+    ``cfg`` must be resolved (config.resolve). ``progress`` receives
+    ``progress(clock, fraction, train_loss, val_bpb, tokens_per_s)`` every few steps;
+    ``on_eval`` receives each row written to metrics.jsonl.
+    """
+    from kennethlm_core.plugins import get_registry
+
+    registry = registry or get_registry()
+    out = Path(out)
+    preflight(cfg, registry)
+    if not resume:
+        check_run_dir(out, cfg, force)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    autocast, dtype = autocast_context(device, cfg.dtype)
+
+    tokenizer = None
+    if resume:
+        tokenizer = registry.get("tokenizer", cfg.tokenizer).factory(cfg)
+        tokenizer.load(out / "tokenizer")
+    data = prepare_data(cfg, registry, tokenizer=tokenizer, log=log)
+    tokenizer = data.tokenizer
+    if not resume:
+        init_run_dir(out, cfg)
+        tokenizer.save(out / "tokenizer")
+    val_slice = data.val.head(cfg.eval_bytes)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, tokenizer.vocab_size, registry).to(device)
+    optimizer = registry.get("optimizer", cfg.optimizer).factory(cfg, model)
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+    schedule = registry.get("schedule", cfg.schedule).factory(cfg)
+    batches = Batches(data.train, cfg.block_size, cfg.batch_size, cfg.seed, device)
+    clock = Clock()
+    metrics_path = out / "metrics.jsonl"
+
+    if resume:
+        rng, meta = load_checkpoint(out / CHECKPOINT, model, optimizer)
+        clock = Clock(meta["step"], meta["tokens"], meta["train_time_s"])
+        loss_sum_saved, loss_steps_saved = meta.get("loss_sum", 0.0), meta.get("loss_steps", 0)
+        torch.set_rng_state(rng["torch"])
+        if device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
+        batches.set_state(rng["batches"])
+        _truncate_metrics(metrics_path, clock.step)
+        log(f"resuming {out} at step {clock.step}")
+
+    step_fn = torch.compile(model) if cfg.compile else model
+
+    def evaluate() -> float:
+        return bits_per_byte(
+            model, val_slice, cfg.block_size, tokenizer.doc_id, device, autocast=autocast
+        ).bpb
+
+    def checkpoint() -> None:
+        rng = {"torch": torch.get_rng_state(), "batches": batches.state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        meta = {
+            "step": clock.step,
+            "tokens": clock.tokens,
+            "train_time_s": clock.train_time,
+            "loss_sum": loss_sum.item(),
+            "loss_steps": loss_steps,
+        }
+        save_checkpoint(out / CHECKPOINT, model, optimizer, rng, meta)
+        nonlocal last_checkpoint
+        last_checkpoint = clock.step
+
+    def done() -> bool:
+        return (
+            (cfg.steps and clock.step >= cfg.steps)
+            or (cfg.tokens and clock.tokens >= cfg.tokens)
+            or (cfg.time and clock.train_time >= cfg.time)
+        )
+
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    loss_sum = torch.zeros((), device=device)  # training loss since the last evaluation
+    loss_steps, last_val, last_report = 0, float("nan"), (clock.train_time, clock.tokens)
+    last_checkpoint = clock.step
+    if resume:
+        loss_sum.fill_(loss_sum_saved)
+        loss_steps = loss_steps_saved
+    skip_first_eval = resume  # the resumed step's evaluation is already in metrics.jsonl
+    with StopFlag() as stop:
+        model.train()
+        while True:
+            finished = bool(done())
+            if (clock.step % cfg.eval_every == 0 or finished) and not skip_first_eval:
+                train_loss = (loss_sum / loss_steps).item() if loss_steps else float("nan")
+                if loss_steps and not math.isfinite(train_loss):
+                    raise _non_finite(clock, last_checkpoint, cfg, out)
+                last_val = evaluate()
+                lr = optimizer.param_groups[0]["lr"]
+                on_eval(_append_metrics(metrics_path, clock, lr, train_loss, last_val))
+                loss_sum.zero_()
+                loss_steps = 0
+                checkpoint()
+            skip_first_eval = False
+            if finished:
+                break
+            if stop.signal is not None:
+                checkpoint()
+                raise Interrupted(
+                    f"stopped by {signal.Signals(stop.signal).name} at step {clock.step}; the "
+                    f"checkpoint is saved. Continue with: klm run --resume {out}"
+                )
+
+            t0 = time.perf_counter()
+            multiplier = schedule(clock.step, clock.progress(cfg))
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * multiplier
+            x, y = batches.next()
+            with autocast:
+                _, loss = step_fn(x, y)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            loss_steps += 1
+            if device.type == "cuda" and cfg.time:
+                torch.cuda.synchronize()  # the time budget needs an honest clock
+            clock.step += 1
+            clock.tokens += tokens_per_step
+            clock.train_time += time.perf_counter() - t0
+
+            if progress is not None and (clock.step % 10 == 0 or done()):
+                current = (loss_sum / max(1, loss_steps)).item()
+                if not math.isfinite(current):
+                    raise _non_finite(clock, last_checkpoint, cfg, out)
+                dt = clock.train_time - last_report[0]
+                tps = (clock.tokens - last_report[1]) / dt if dt > 0 else 0.0
+                last_report = (clock.train_time, clock.tokens)
+                progress(clock, clock.progress(cfg), current, last_val, tps)
+
+    save_weights(model, out / WEIGHTS)
+    log("scoring the validation split")
+    final_slice = data.val.head(cfg.final_eval_bytes)
+    final = bits_per_byte(
+        model, final_slice, cfg.block_size, tokenizer.doc_id, device, autocast=autocast
+    )
+    summary = {
+        "val_bpb": final.bpb,
+        "val_bpb_ci": final.ci(),
+        "val_bpb_by_domain": final.by_domain,
+        "val_bytes": final_slice.n_bytes,
+        "params": count_params(model),
+        "steps": clock.step,
+        "tokens_seen": clock.tokens,
+        "train_time_s": clock.train_time,
+        "tokens_per_s": clock.tokens / clock.train_time if clock.train_time else 0.0,
+        "device": describe_device(device),
+        "dtype": dtype,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "vocab_size": tokenizer.vocab_size,
+        "train_tokens": len(data.train.tokens),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _non_finite(clock: Clock, last_good: int, cfg: RunConfig, out: Path) -> NonFiniteLoss:
+    return NonFiniteLoss(
+        f"the training loss became non-finite by step {clock.step}; the last good checkpoint "
+        f"(step {last_good}) is kept in {out}. "
+        f"Try a lower --lr (now {cfg.lr:g}), --set grad_clip=1.0 or --dtype float32"
+    )
+
+
+def _append_metrics(path: Path, clock: Clock, lr: float, train_loss: float, val_bpb: float) -> dict:
+    row = {
+        "step": clock.step,
+        "tokens": clock.tokens,
+        "train_time_s": round(clock.train_time, 4),
+        "lr": lr,
+        "train_loss": None if math.isnan(train_loss) else train_loss,
+        "val_bpb": val_bpb,
+    }
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return row
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics up to the checkpoint's step: a resumed run rewrites what follows."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):
+            break  # a torn last line from a killed process
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows

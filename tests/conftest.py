@@ -1,0 +1,82 @@
+"""Shared fixtures: a private token cache, tiny configurations and an in-process `klm`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def klm_cache(tmp_path_factory):
+    """Every test session gets its own token cache, so tests never see a user's cache."""
+    path = tmp_path_factory.mktemp("klm-cache")
+    old = os.environ.get("KLM_CACHE")
+    os.environ["KLM_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("KLM_CACHE", None)
+    else:
+        os.environ["KLM_CACHE"] = old
+
+
+@pytest.fixture
+def registry():
+    from kennethlm_core.plugins import get_registry
+
+    return get_registry()
+
+
+TINY = dict(
+    n_layer=2,
+    n_head=2,
+    n_embd=32,
+    block_size=16,
+    batch_size=4,
+    steps=20,
+    eval_every=10,
+    warmup_steps=2,
+    eval_bytes=2048,
+    final_eval_bytes=4096,
+)
+
+
+def tiny_config(registry, **overrides):
+    from kennethlm_core.config import build_config, resolve
+
+    return resolve(build_config(overrides={**TINY, **overrides}), registry)
+
+
+@pytest.fixture
+def klm(capsys):
+    """Run the klm CLI in-process: klm(*args) -> (exit code, stdout, stderr)."""
+    from kennethlm_core.cli import main
+
+    def run(*args):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """Exit code 2, exactly one line on stderr, no traceback, mentioning each needle."""
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+PYTHON = sys.executable

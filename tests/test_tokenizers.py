@@ -1,0 +1,69 @@
+"""The built-in tokenizers round-trip any text exactly and save as plain JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kennethlm_core.builtin.tokenizers import ByteTokenizer, CharTokenizer
+from kennethlm_core.errors import CheckpointError, ConfigError
+
+DANISH = [
+    "Rødgrød med fløde på én æblekage.\nÆRØ, Ørsted og Århus!",
+    "Linje et\r\n\tindrykket\n\n  to mellemrum  ",
+    "Hej 😊 👍 ❤️ — \u00a0§ 3, stk. 2: 1½ kr.",
+    "",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 uden for BMP og en kombineret a\u0308",
+]
+
+
+def trained_char(vocab_size=0):
+    tok = CharTokenizer(vocab_size)
+    tok.train(["Rødgrød med fløde.\n", "abc æøå ÆØÅ 😊"])
+    return tok
+
+
+@pytest.mark.parametrize("make", [ByteTokenizer, trained_char], ids=["byte", "char"])
+@pytest.mark.parametrize("text", DANISH)
+def test_round_trip_is_exact(make, text):
+    tok = make()
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.doc_id not in ids
+
+
+def test_char_tokenizer_uses_a_token_per_known_character():
+    tok = trained_char()
+    assert len(tok.encode("æøå😊")) == 4
+    assert len(tok.encode("ü")) == 2  # unseen: its two UTF-8 bytes
+
+
+def test_char_vocab_cap_keeps_the_most_frequent_characters():
+    tok = CharTokenizer(vocab_size=257 + 2)
+    tok.train(["aaaa bbb c"])
+    assert tok.chars == ["a", "b"]  # a: 4, b: 3, space: 2, c: 1
+    assert tok.decode(tok.encode("abc")) == "abc"
+    with pytest.raises(ConfigError, match="must exceed 257"):
+        CharTokenizer(vocab_size=100)
+
+
+@pytest.mark.parametrize("make", [ByteTokenizer, trained_char], ids=["byte", "char"])
+def test_save_and_load_give_the_same_tokenizer(tmp_path, make):
+    tok = make()
+    tok.save(tmp_path)
+    json.loads((tmp_path / "tokenizer.json").read_text())  # plain JSON
+    again = type(tok)()
+    again.load(tmp_path)
+    assert again.fingerprint() == tok.fingerprint()
+    assert again.encode(DANISH[0]) == tok.encode(DANISH[0])
+    assert again.vocab_size == tok.vocab_size
+
+
+def test_corrupt_tokenizer_json_is_a_clear_error(tmp_path):
+    (tmp_path / "tokenizer.json").write_text('{"type": "char", "chars": ')
+    with pytest.raises(CheckpointError, match="corrupt"):
+        CharTokenizer().load(tmp_path)
+    with pytest.raises(CheckpointError, match="missing"):
+        CharTokenizer().load(tmp_path / "nowhere")

@@ -1,0 +1,128 @@
+"""The training loop: determinism, exact resume, budgets, non-finite losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import types
+
+import pytest
+import torch
+
+from kennethlm_core import hookimpl
+from kennethlm_core.plugins import Registry
+from kennethlm_core.train import Interrupted, NonFiniteLoss, read_metrics, train
+
+from .conftest import tiny_config
+
+
+def losses(run):
+    return [(r["step"], r["train_loss"], r["val_bpb"], r["lr"]) for r in read_metrics(run)]
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, registry):
+    cfg = tiny_config(registry)
+    a = train(cfg, tmp_path / "a", registry=registry)
+    b = train(cfg, tmp_path / "b", registry=registry)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert a["val_bpb"] == b["val_bpb"]
+    other = train(cfg.replace(seed=2), tmp_path / "c", registry=registry)
+    assert other["val_bpb"] != a["val_bpb"]
+
+
+def test_run_folder_has_the_designed_files(tmp_path, registry):
+    summary = train(tiny_config(registry), tmp_path / "r", registry=registry)
+    names = {p.name for p in (tmp_path / "r").iterdir()}
+    assert {
+        "config.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "checkpoint.safetensors",
+        "tokenizer",
+        "summary.json",
+    } <= names
+    for key in (
+        "val_bpb",
+        "val_bpb_by_domain",
+        "params",
+        "tokens_seen",
+        "train_time_s",
+        "tokens_per_s",
+        "device",
+        "git_commit",
+    ):
+        assert key in summary
+    assert set(summary["val_bpb_by_domain"]) == {
+        "conversation",
+        "encyclopedic",
+        "fiction",
+        "legal",
+        "news",
+    }
+    rows = read_metrics(tmp_path / "r")
+    assert [r["step"] for r in rows] == [0, 10, 20]
+    assert set(rows[0]) == {"step", "tokens", "train_time_s", "lr", "train_loss", "val_bpb"}
+    assert summary["tokens_seen"] == 20 * 4 * 16
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["n_embd"] == 32 and saved["mlp_ratio"] == 4.0  # flat, with plugin options
+
+
+def test_stopped_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, registry):
+    cfg = tiny_config(registry, steps=40, dropout=0.1)  # dropout: the torch RNG must resume too
+    train(cfg, tmp_path / "straight", registry=registry)
+
+    def interrupt_at_20(clock, *rest):
+        if clock.step == 20:
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C: finish the step, checkpoint
+
+    with pytest.raises(Interrupted, match="klm run --resume"):
+        train(cfg, tmp_path / "stopped", registry=registry, progress=interrupt_at_20)
+    assert read_metrics(tmp_path / "stopped")[-1]["step"] == 20
+    summary = train(cfg, tmp_path / "stopped", registry=registry, resume=True)
+    assert losses(tmp_path / "stopped") == losses(tmp_path / "straight")
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    assert summary["val_bpb"] == straight["val_bpb"]
+    assert summary["steps"] == 40
+
+
+def test_time_budget(tmp_path, registry):
+    summary = train(tiny_config(registry, steps=0, time=1.0), tmp_path / "t", registry=registry)
+    assert summary["train_time_s"] >= 1.0 and summary["steps"] > 10
+
+
+def test_token_budget(tmp_path, registry):
+    summary = train(tiny_config(registry, steps=0, tokens=640), tmp_path / "t", registry=registry)
+    assert summary["tokens_seen"] == 640 and summary["steps"] == 10
+
+
+def test_non_finite_loss_stops_with_advice_and_keeps_the_checkpoint(tmp_path):
+    from kennethlm_core.model import GPT
+
+    class Exploding(GPT):
+        calls = 0
+
+        def forward(self, idx, targets=None):
+            logits, loss = super().forward(idx, targets)
+            if targets is not None:
+                Exploding.calls += 1
+                if Exploding.calls > 14:
+                    loss = loss * float("nan")
+            return logits, loss
+
+    plugin = types.ModuleType("exploding")
+    plugin.klm_register_model = hookimpl(lambda register: register("exploding", Exploding))
+    reg = Registry(entry_points=False)
+    reg.add_plugin(plugin, "exploding", "test")
+    cfg = tiny_config(reg, model="exploding")
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"non-finite by step 20; the last good checkpoint "
+        r"\(step 10\).*lower --lr",
+    ):
+        train(cfg, tmp_path / "x", registry=reg, progress=lambda *a: None)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "x" / "checkpoint.safetensors", framework="pt") as f:
+        assert json.loads(f.metadata()["klm"])["step"] == 10
+        assert torch.isfinite(f.get_tensor("model.wte.weight")).all()
