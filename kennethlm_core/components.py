@@ -119,6 +119,98 @@ class Tokenizer:
             ) from None
 
 
+class HFTokenizer(Tokenizer):
+    """A subword tokenizer trained with the Hugging Face ``tokenizers`` library, over bytes.
+
+    The ByteLevel pre-tokenizer spells text as its UTF-8 bytes (one printable stand-in
+    character per byte) and splits it GPT-2 style; the ByteLevel decoder turns the bytes back
+    into text. All 256 bytes are in the vocabulary, so every text round-trips exactly and no
+    token is ever unknown. The document token ``<|doc|>`` is a special token that encoding
+    never produces: the literal text "<|doc|>" is spelled in ordinary tokens.
+
+    ``vocab_size`` counts every token, the document token included (0: DEFAULT_VOCAB). A
+    subclass names the library's model and trainer (see the bpe and unigram plugins).
+    Training and batch encoding run on all cores (the library is multithreaded).
+    """
+
+    DOC = "<|doc|>"
+    DEFAULT_VOCAB = 4096
+
+    def __init__(self, vocab_size: int = 0):
+        from tokenizers import Tokenizer as Library
+        from tokenizers import decoders, pre_tokenizers
+
+        from kennethlm_core.errors import ConfigError
+
+        if vocab_size and vocab_size <= 257:
+            raise ConfigError(
+                f"{self.name} vocab_size must exceed 257 (256 bytes + the document token), "
+                f"got {vocab_size}; 0 gives {self.DEFAULT_VOCAB}"
+            )
+        self.target_size = vocab_size or self.DEFAULT_VOCAB
+        self.lib = Library(self.model())
+        self.lib.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        self.lib.decoder = decoders.ByteLevel()
+        self._ready()
+
+    def model(self) -> Any:
+        """An untrained ``tokenizers.models`` model, e.g. ``models.BPE()``."""
+        raise NotImplementedError
+
+    def trainer(self, **settings: Any) -> Any:
+        """The matching ``tokenizers.trainers`` trainer, built with ``settings``."""
+        raise NotImplementedError
+
+    def _ready(self) -> None:
+        # Not part of the saved JSON, so set after every training and loading.
+        self.lib.encode_special_tokens = True
+
+    def train(self, texts: Iterable[str]) -> None:
+        from tokenizers import pre_tokenizers
+
+        trainer = self.trainer(
+            vocab_size=self.target_size,
+            special_tokens=[self.DOC],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        self.lib.train_from_iterator(texts, trainer)
+        self._ready()
+
+    def encode(self, text: str) -> list[int]:
+        return self.lib.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.lib.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.lib.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lib.get_vocab_size()
+
+    @property
+    def doc_id(self) -> int:
+        return self.lib.token_to_id(self.DOC)
+
+    def to_json(self) -> str:
+        return self.lib.to_str()
+
+    def restore(self, state: str) -> None:
+        import json
+
+        from tokenizers import Tokenizer as Library
+
+        kind = type(self.model()).__name__
+        data = json.loads(state)
+        specials = {t.get("content") for t in data.get("added_tokens") or []}
+        if data.get("model", {}).get("type") != kind or self.DOC not in specials:
+            raise ValueError(f"not a {self.name} tokenizer ({kind} with {self.DOC})")
+        self.lib = Library.from_str(state)
+        self._ready()
+
+
 @dataclass
 class Metric:
     """One number a task reports, with its 95% interval and what guessing would score."""
