@@ -393,6 +393,61 @@ def eval_(ctx, run_dir, tasks, data, corpus, limit, device):
     click.echo(f"written to {Path(run_dir) / 'eval.json'}")
 
 
+# -- klm data --------------------------------------------------------------------------------
+
+
+@cli.group()
+def data():
+    """Corpora, tokenizers and the token cache."""
+
+
+@data.command("stats")
+@click.option("--corpus", help="A corpus name (sample, dagw, dynaword) or a path.")
+@click.option("--tokenizer", help="The tokenizer (klm list-plugins --slot tokenizer).")
+@click.option("--vocab-size", type=int, help="Tokenizer vocabulary size (0: its default).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any setting.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def data_stats(ctx, corpus, tokenizer, vocab_size, settings, as_json):
+    """Documents, bytes, tokens and bytes per token, per domain.
+
+    Prepares the data the way `klm run` does (training the tokenizer and filling the token
+    cache the first time), so a later run with the same corpus and tokenizer starts at once.
+    """
+    from kennethlm_core.config import build_config, parse_set, resolve
+    from kennethlm_core.data import domain_stats, prepare_data
+
+    registry = _registry(ctx)
+    flags = {"corpus": corpus, "tokenizer": tokenizer, "vocab_size": vocab_size}
+    overrides = {k: v for k, v in flags.items() if v is not None} | parse_set(settings)
+    cfg = resolve(build_config(overrides=overrides), registry)
+    err = _console(stderr=True)
+    prepared = prepare_data(cfg, registry, log=err.print)
+    stats = domain_stats(prepared)
+    if as_json:
+        info = {"corpus": cfg.corpus, "tokenizer": cfg.tokenizer}
+        info |= {"vocab_size": prepared.tokenizer.vocab_size, "cache": str(prepared.cache_dir)}
+        click.echo(json.dumps({**info, "domains": stats}, indent=2))
+        return
+    from rich.table import Table
+
+    title = f"{cfg.corpus} · {cfg.tokenizer} ({prepared.tokenizer.vocab_size:,} tokens)"
+    table = Table("domain", title=title)
+    for column in ("documents", "bytes", "tokens", "bytes/token", "train share"):
+        table.add_column(column, justify="right")
+    for name, s in stats.items():
+        table.add_row(
+            f"[bold]{name}[/]" if name == "total" else name,
+            f"{s['documents']:,}",
+            f"{s['bytes']:,}",
+            f"{s['tokens']:,}",
+            f"{s['bytes_per_token']:.3f}",
+            f"{s['train_share']:.3f}",
+            end_section=name == list(stats)[-2],
+        )
+    _console().print(table)
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 

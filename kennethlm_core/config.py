@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -142,10 +143,13 @@ def parse_count(text: str | int) -> int:
 
 
 def coerce(key: str, value: Any, like: Any) -> Any:
-    """Turn ``value`` (often a string from the command line) into the type of ``like``."""
+    """Turn ``value`` (often a string from the command line) into the type of ``like``.
+
+    Budgets and byte counts (``tokens``, ``steps``, ``*_bytes``) may be written like 2M or 500k.
+    """
     if key == "time":
         return parse_duration(value)
-    if key in ("tokens", "steps") and isinstance(value, str):
+    if (key in ("tokens", "steps") or key.endswith("_bytes")) and isinstance(value, str):
         return parse_count(value)
     if not isinstance(value, str):
         if isinstance(like, bool) and not isinstance(value, bool):
@@ -184,6 +188,31 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
         if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z_][\w.-]*", key.strip()):
             raise ConfigError(f"--set expects key=value, got '{item}' (for example --set lr=3e-4)")
         out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """'books=0.5,speech=0.3' -> {'books': 0.5, 'speech': 0.3}; '' -> {} (natural proportions).
+
+    Which domains exist is checked against the corpus later (data.mix_weights).
+    """
+    out: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",") if text.strip()):
+        name, sep, value = (x.strip() for x in item.partition("="))
+        try:
+            weight = float(value) if sep and name else math.nan
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight) or weight < 0:
+            raise ConfigError(
+                f"--mix expects domain=weight pairs with weights >= 0, like "
+                f"books=0.5,speech=0.3,wiki=0.2; got '{item}'"
+            )
+        if name in out:
+            raise ConfigError(f"--mix gives domain '{name}' twice; give each domain once")
+        out[name] = weight
+    if out and not any(out.values()):
+        raise ConfigError("--mix gives every domain weight 0; give one a positive weight")
     return out
 
 
@@ -341,6 +370,7 @@ def check_values(cfg: RunConfig) -> None:
     )
     need(cfg.eval_every >= 1, f"eval_every must be at least 1, got {cfg.eval_every}")
     need(cfg.eval_bytes >= 1 and cfg.final_eval_bytes >= 1, "eval_bytes must be positive")
+    parse_mix(cfg.mix)  # its syntax; its domain names are checked against the corpus
     need(0 < cfg.val_fraction < 1, f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     need(cfg.threads >= 0, f"threads must be >= 0, got {cfg.threads}")
     need(

@@ -1,4 +1,4 @@
-"""From a corpus to batches: chunks, a stable split, a token cache on disk, random windows.
+"""From a corpus to batches: chunks, a stable split, a token cache on disk, weighted windows.
 
 1. Documents are cut into chunks of at most CHUNK_CHARS characters (at a line break or space
    when there is one), so a corpus of a few huge files still gets a fair validation split.
@@ -9,7 +9,13 @@
    is a fixed, tokenizer-independent slice ("the first 64 KB of validation").
 4. Each split is tokenized once into memory-mapped arrays (every chunk preceded by the
    tokenizer's document token) under ``$KLM_CACHE`` (default ~/.cache/kennethlm), keyed by
-   the corpus and tokenizer fingerprints; later runs reuse them.
+   the corpus and tokenizer fingerprints; later runs reuse them. Building streams: chunks are
+   encoded in batches (``Tokenizer.encode_batch``; the tokenizers-library ones use every
+   core) and appended to a file, which is then copied into the training array (grouped by
+   domain) and the validation array (in slice order). Neither the text nor its tokens are
+   ever held in memory whole.
+5. Training windows are drawn domain first, by the weights of the mix (``--mix``; by default
+   each domain's share of the training tokens), then at a uniform offset in that domain.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +34,12 @@ import numpy as np
 import torch
 
 from kennethlm_core.components import Corpus, Document, Tokenizer
-from kennethlm_core.config import RunConfig, corpus_component
+from kennethlm_core.config import RunConfig, corpus_component, parse_mix
 from kennethlm_core.errors import DataError
 
 CHUNK_CHARS = 8192
-FORMAT = 1  # bump when the cache layout or the split rule changes
+FORMAT = 2  # bump when the cache layout or the split rule changes
+BATCH_CHARS = 1 << 21  # text handed to the tokenizer at once when building the cache
 
 
 def cache_root() -> Path:
@@ -84,20 +91,33 @@ class Plan:
     nbytes: np.ndarray  # UTF-8 bytes per chunk
     val_order: np.ndarray  # chunk positions of the validation split, in slice order
     tok_sample: np.ndarray  # chunk positions used to train the tokenizer
+    documents: np.ndarray  # documents (before chunking) per domain
 
     @property
     def n_chunks(self) -> int:
         return len(self.domain)
 
+    def train_order(self) -> np.ndarray:
+        """Chunk positions of the training split: grouped by domain, corpus order within."""
+        is_val = np.zeros(self.n_chunks, dtype=bool)
+        is_val[self.val_order] = True
+        train = np.flatnonzero(~is_val)
+        return train[np.argsort(self.domain[train], kind="stable")]
+
 
 def plan_split(corpus: Corpus, val_fraction: float, tokenizer_bytes: int) -> Plan:
     domains: dict[str, int] = {}
-    dom, nbytes, h_split, h_tok = [], [], [], []
-    for c in chunks_of(corpus):
-        dom.append(domains.setdefault(c.domain, len(domains)))
-        nbytes.append(len(c.text.encode("utf-8")))
-        h_split.append(unit_hash(c.id))
-        h_tok.append(unit_hash(c.id, salt="tokenizer"))
+    dom, nbytes, h_split, h_tok, n_docs = [], [], [], [], []
+    for doc in corpus.documents():
+        d = domains.setdefault(doc.domain, len(domains))
+        if d == len(n_docs):
+            n_docs.append(0)
+        n_docs[d] += 1
+        for c in chunk(doc):
+            dom.append(d)
+            nbytes.append(len(c.text.encode("utf-8")))
+            h_split.append(unit_hash(c.id))
+            h_tok.append(unit_hash(c.id, salt="tokenizer"))
     if not dom or sum(nbytes) == 0:
         raise DataError(
             f"corpus '{corpus.name}' has no text; check the files and the 'text' column"
@@ -122,8 +142,14 @@ def plan_split(corpus: Corpus, val_fraction: float, tokenizer_bytes: int) -> Pla
     train = np.flatnonzero(~is_val)
     by_tok_hash = train[np.argsort(np.array(h_tok)[train], kind="stable")]
     take = np.searchsorted(np.cumsum(bytes_a[by_tok_hash]), tokenizer_bytes) + 1
-    names = sorted(domains, key=domains.get)
-    return Plan(names, dom_a, bytes_a, np.array(firsts + rest, dtype=np.int64), by_tok_hash[:take])
+    return Plan(
+        sorted(domains, key=domains.get),
+        dom_a,
+        bytes_a,
+        np.array(firsts + rest, dtype=np.int64),
+        by_tok_hash[:take],
+        np.array(n_docs, dtype=np.int64),
+    )
 
 
 # -- token splits --------------------------------------------------------------------------
@@ -148,14 +174,23 @@ class TokenSplit:
         end = int(self.docs[k, 0]) if k < len(self.docs) else len(self.tokens)
         return TokenSplit(self.tokens[:end], self.docs[:k], self.domains)
 
+    def doc_lengths(self) -> np.ndarray:
+        """Tokens per document, its document token included."""
+        return np.diff(np.append(self.docs[:, 0], len(self.tokens)))
+
     def token_domains(self) -> np.ndarray:
         """The domain index of every token."""
-        starts = np.append(self.docs[:, 0], len(self.tokens))
-        return np.repeat(self.docs[:, 1], np.diff(starts))
+        return np.repeat(self.docs[:, 1], self.doc_lengths())
 
-    def save(self, directory: Path, name: str) -> None:
-        np.save(directory / f"{name}.tokens.npy", self.tokens)
-        np.save(directory / f"{name}.docs.npy", self.docs)
+    def domain_tokens(self) -> np.ndarray:
+        """Tokens per domain (document tokens included), in the order of ``domains``."""
+        return np.bincount(
+            self.docs[:, 1], weights=self.doc_lengths(), minlength=len(self.domains)
+        ).astype(np.int64)
+
+    def domain_starts(self) -> np.ndarray:
+        """Where each domain's tokens begin; a split grouped by domain (training) only."""
+        return np.concatenate([[0], np.cumsum(self.domain_tokens())[:-1]])
 
     @classmethod
     def load(cls, directory: Path, name: str, domains: list[str]) -> TokenSplit:
@@ -171,6 +206,7 @@ class PreparedData:
     val: TokenSplit
     cache_dir: Path
     reused: bool
+    meta: dict[str, Any] = field(default_factory=dict)  # the cache's meta.json
 
 
 def token_dtype(vocab_size: int):
@@ -200,85 +236,63 @@ def prepare_data(
 
     if tokenizer is None:
         tokenizer = registry.get("tokenizer", cfg.tokenizer).factory(cfg)
+        recipe = (tokenizer.name, tokenizer.fingerprint(), cfg.vocab_size)
         tok_file = (
             cache_root()
             / "tokenizers"
-            / (_key(split_key, tokenizer.name, cfg.vocab_size, cfg.tokenizer_train_bytes) + ".json")
+            / (_key(split_key, *recipe, cfg.tokenizer_train_bytes) + ".json")
         )
         if tok_file.exists():
             tokenizer.restore(tok_file.read_text(encoding="utf-8"))
         else:
             p = get_plan()
             log(f"training the {tokenizer.name} tokenizer on {_mb(p.nbytes[p.tok_sample].sum())}")
-            wanted = set(p.tok_sample.tolist())
-            tokenizer.train(c.text for i, c in enumerate(chunks_of(corpus)) if i in wanted)
+            wanted = np.zeros(p.n_chunks, dtype=bool)
+            wanted[p.tok_sample] = True
+            tokenizer.train(c.text for i, c in enumerate(chunks_of(corpus)) if wanted[i])
             tok_file.parent.mkdir(parents=True, exist_ok=True)
             from kennethlm_core.checkpoint import atomic_write_text
 
             atomic_write_text(tok_file, tokenizer.to_json())
 
     directory = cache_root() / "tokens" / _key(split_key, tokenizer.fingerprint())
-    if (directory / "meta.json").exists():
-        meta = json.loads((directory / "meta.json").read_text())
+    reused = (directory / "meta.json").exists()
+    if reused:
         log(f"reusing the token cache {directory}")
-        train = TokenSplit.load(directory, "train", meta["domains"])
-        val = TokenSplit.load(directory, "val", meta["domains"])
-        return PreparedData(tokenizer, train, val, directory, reused=True)
-
-    p = get_plan()
-    log(f"tokenizing {corpus.name} ({_mb(p.nbytes.sum())}) with {tokenizer.name}")
-    train, val = _tokenize(corpus, p, tokenizer)
-    _publish(directory, train, val, p.domains, corpus, tokenizer)
-    return PreparedData(tokenizer, train, val, directory, reused=False)
-
-
-def _tokenize(corpus: Corpus, plan: Plan, tok: Tokenizer) -> tuple[TokenSplit, TokenSplit]:
-    dtype = token_dtype(tok.vocab_size)
-    val_rank = np.full(plan.n_chunks, -1, dtype=np.int64)
-    val_rank[plan.val_order] = np.arange(len(plan.val_order))
-    train_parts: list[list[np.ndarray]] = [[] for _ in plan.domains]
-    val_parts: list[np.ndarray | None] = [None] * len(plan.val_order)
-    for i, c in enumerate(chunks_of(corpus)):
-        ids = np.array([tok.doc_id, *tok.encode(c.text)], dtype=dtype)
-        if val_rank[i] >= 0:
-            val_parts[val_rank[i]] = ids
-        else:
-            train_parts[plan.domain[i]].append(ids)
-    train_chunks = np.array(
-        [
-            i
-            for d in range(len(plan.domains))
-            for i in np.flatnonzero((plan.domain == d) & (val_rank < 0))
-        ]
-    )
-    train = _join([a for parts in train_parts for a in parts], plan, train_chunks)
-    return train, _join(val_parts, plan, plan.val_order)
+    else:
+        p = get_plan()
+        log(f"tokenizing {corpus.name} ({_mb(p.nbytes.sum())}) with {tokenizer.name}")
+        _build_cache(directory, corpus, p, tokenizer)
+    meta = json.loads((directory / "meta.json").read_text())
+    train = TokenSplit.load(directory, "train", meta["domains"])
+    val = TokenSplit.load(directory, "val", meta["domains"])
+    return PreparedData(tokenizer, train, val, directory, reused, meta)
 
 
-def _join(parts: list, plan: Plan, chunk_ids: np.ndarray) -> TokenSplit:
-    lengths = np.array([len(a) for a in parts], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    docs = np.stack([starts, plan.domain[chunk_ids], plan.nbytes[chunk_ids]], axis=1)
-    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
-    return TokenSplit(tokens, docs.astype(np.int64), plan.domains)
-
-
-def _publish(directory, train, val, domains, corpus, tokenizer) -> None:
-    """Write the cache into a temporary folder, then rename it into place (atomic)."""
+def _build_cache(directory: Path, corpus: Corpus, plan: Plan, tok: Tokenizer) -> None:
+    """Encode every chunk once, then lay out both splits; publish the folder atomically."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
     try:
-        train.save(tmp, "train")
-        val.save(tmp, "val")
+        dtype = np.dtype(token_dtype(tok.vocab_size))
+        lengths = _encode_chunks(corpus, tok, tmp / "chunks.bin", dtype, plan.n_chunks)
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        counts = {}
+        for name, order in (("train", plan.train_order()), ("val", plan.val_order)):
+            _write_split(tmp, name, tmp / "chunks.bin", bounds, order, plan, dtype)
+            counts[f"{name}_tokens"] = int(lengths[order].sum())
+        (tmp / "chunks.bin").unlink()
         meta = {
             "format": FORMAT,
             "corpus": corpus.name,
             "corpus_fingerprint": corpus.fingerprint(),
-            "tokenizer": tokenizer.name,
-            "tokenizer_fingerprint": tokenizer.fingerprint(),
-            "domains": domains,
-            "train_tokens": len(train.tokens),
-            "val_tokens": len(val.tokens),
+            "tokenizer": tok.name,
+            "tokenizer_fingerprint": tok.fingerprint(),
+            "vocab_size": tok.vocab_size,
+            "dtype": dtype.name,
+            "domains": plan.domains,
+            "documents": plan.documents.tolist(),
+            **counts,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         os.rename(tmp, directory)
@@ -289,6 +303,65 @@ def _publish(directory, train, val, domains, corpus, tokenizer) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _encode_chunks(corpus: Corpus, tok: Tokenizer, path: Path, dtype, n: int) -> np.ndarray:
+    """Append every chunk, in corpus order, as [document token, *ids] to ``path``.
+
+    Returns the tokens per chunk. Text goes to the tokenizer in batches of about BATCH_CHARS.
+    """
+    lengths = []
+    doc = np.array([tok.doc_id], dtype=dtype).tobytes()
+    with open(path, "wb") as f:
+        for texts in _text_batches(chunks_of(corpus)):
+            for ids in tok.encode_batch(texts):
+                f.write(doc + np.asarray(ids, dtype=dtype).tobytes())
+                lengths.append(len(ids) + 1)
+    if len(lengths) != n:
+        raise DataError(
+            f"corpus '{corpus.name}' changed while it was being read; run again when it is still"
+        )
+    return np.array(lengths, dtype=np.int64)
+
+
+def _text_batches(chunks: Iterator[Document]) -> Iterator[list[str]]:
+    batch, size = [], 0
+    for c in chunks:
+        batch.append(c.text)
+        size += len(c.text)
+        if size >= BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _write_split(tmp, name, source, bounds, order, plan, dtype) -> None:
+    """``name``.tokens.npy: the chunks ``order`` names, copied from ``source`` in that order;
+    ``name``.docs.npy: each one's start, domain and bytes."""
+    lengths = bounds[order + 1] - bounds[order]
+    header = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": False,
+        "shape": (int(lengths.sum()),),
+    }
+    runs = np.flatnonzero(np.diff(order, prepend=-2) != 1)  # consecutive chunks copy at once
+    with open(source, "rb") as src, open(tmp / f"{name}.tokens.npy", "wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        for a, b in zip(runs, [*runs[1:], len(order)], strict=True):
+            start, end = bounds[order[a]], bounds[order[b - 1] + 1]
+            src.seek(int(start) * dtype.itemsize)
+            _copy(src, out, int(end - start) * dtype.itemsize)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    docs = np.stack([starts, plan.domain[order], plan.nbytes[order]], axis=1)
+    np.save(tmp / f"{name}.docs.npy", docs.astype(np.int64))
+
+
+def _copy(src, out, nbytes: int, block: int = 1 << 24) -> None:
+    while nbytes > 0:
+        data = src.read(min(block, nbytes))
+        out.write(data)
+        nbytes -= len(data)
+
+
 def _key(*parts: Any) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
@@ -297,29 +370,119 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+# -- statistics ------------------------------------------------------------------------------
+
+
+def domain_stats(data: PreparedData) -> dict[str, dict[str, float]]:
+    """Per domain, and for "total": documents, bytes, tokens (text only, not the document
+    tokens), bytes per token and the domain's share of the training tokens."""
+    domains = data.train.domains
+    documents = np.array(data.meta.get("documents", [0] * len(domains)), dtype=np.int64)
+    chunks, nbytes, tokens = (np.zeros(len(domains), dtype=np.int64) for _ in range(3))
+    for split in (data.train, data.val):
+        dom = split.docs[:, 1]
+        chunks += np.bincount(dom, minlength=len(domains))
+        nbytes += np.bincount(dom, weights=split.docs[:, 2], minlength=len(domains)).astype(int)
+        tokens += split.domain_tokens()
+    tokens -= chunks  # each chunk starts with a document token, which stands for no text
+    share = data.train.domain_tokens() / max(1, len(data.train.tokens))
+
+    def row(i) -> dict[str, float]:
+        return {
+            "documents": int(documents[i].sum()),
+            "bytes": int(nbytes[i].sum()),
+            "tokens": int(tokens[i].sum()),
+            "bytes_per_token": float(nbytes[i].sum() / max(1, tokens[i].sum())),
+            "train_share": float(share[i].sum()),
+        }
+
+    out = {name: row(d) for d, name in enumerate(domains)}
+    out["total"] = row(slice(None))
+    return out
+
+
+# -- the training mix ------------------------------------------------------------------------
+
+
+def mix_weights(mix: str, split: TokenSplit, block_size: int) -> dict[str, float]:
+    """The weight of every domain in the training batches, normalised.
+
+    ``mix`` is "books=0.5,speech=0.3,wiki=0.2" (domains left out get 0) or "" for each
+    domain's share of the training tokens. Weights already summing to 1 (within 1e-4) are kept
+    as given, so that the recorded mix reproduces itself exactly.
+    """
+    available = split.domain_tokens()
+    usable = available > block_size  # room for at least one window of block_size + 1 tokens
+    if mix:
+        asked = parse_mix(mix)
+        unknown = [d for d in asked if d not in split.domains]
+        if unknown:
+            raise DataError(
+                f"--mix names domain '{unknown[0]}', which this corpus does not have; "
+                f"its domains: {', '.join(split.domains)}"
+            )
+        weights = np.array([asked.get(d, 0.0) for d in split.domains])
+        for d, name in enumerate(split.domains):
+            if weights[d] > 0 and not usable[d]:
+                raise DataError(
+                    f"domain '{name}' has {available[d]} training tokens, too few for one window "
+                    f"of block_size {block_size}; leave it out of --mix or lower --block-size"
+                )
+    else:
+        weights = np.where(usable, available, 0).astype(np.float64)
+    if weights.sum() <= 0:
+        raise DataError(
+            f"the training split has {len(split.tokens)} tokens, too few for one window of "
+            f"block_size {block_size} in any domain; use a bigger corpus or a smaller --block-size"
+        )
+    if abs(weights.sum() - 1) > 1e-4:
+        weights = np.array([float(f"{w:.6g}") for w in weights / weights.sum()])
+    return dict(zip(split.domains, weights.tolist(), strict=True))
+
+
+def format_mix(weights: dict[str, float]) -> str:
+    """{"books": 0.5, "speech": 0.5} -> "books=0.5,speech=0.5" (what config.json records)."""
+    return ",".join(f"{d}={w:.6g}" for d, w in weights.items())
+
+
 # -- batches -------------------------------------------------------------------------------
 
 
 class Batches:
     """Random training windows: x is block_size tokens, y the same shifted by one.
 
-    The order is drawn from its own generator, seeded by the run's seed, so it is the same for
-    every arm of a comparison and its state is saved in checkpoints.
+    Each window picks a domain by ``weights`` (one per domain of the split; default: each
+    domain's share of the tokens), then a uniform start inside that domain's tokens, so a
+    window never crosses domains. The order comes from its own generator, seeded by the run's
+    seed: the same for every arm of a comparison, and saved in checkpoints.
     """
 
-    def __init__(self, split: TokenSplit, block_size: int, batch_size: int, seed: int, device):
-        if len(split.tokens) < block_size + 2:
-            raise DataError(
-                f"the training split has {len(split.tokens)} tokens, fewer than one window of "
-                f"block_size {block_size}; use a bigger corpus or a smaller --block-size"
-            )
+    def __init__(
+        self,
+        split: TokenSplit,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        device,
+        weights: Sequence[float] | None = None,
+    ):
+        if weights is None:
+            weights = list(mix_weights("", split, block_size).values())
+        starts = split.domain_starts()
+        windows = split.domain_tokens() - block_size  # possible start positions per domain
         self.tokens, self.T, self.B, self.device = split.tokens, block_size, batch_size, device
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.first = torch.from_numpy(starts)
+        self.windows = torch.from_numpy(np.maximum(windows, 0))
         self.generator = torch.Generator().manual_seed(seed)
         self.offsets = np.arange(block_size + 1)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.tokens) - self.T - 1, (self.B,), generator=self.generator)
-        window = self.tokens[starts.numpy()[:, None] + self.offsets].astype(np.int64)
+        g = self.generator
+        dom = torch.multinomial(self.weights, self.B, replacement=True, generator=g)
+        at = torch.rand(self.B, generator=g, dtype=torch.float64) * self.windows[dom]
+        starts = (self.first[dom] + at.long()).numpy()
+        window = self.tokens[starts[:, None] + self.offsets].astype(np.int64)
         xy = torch.from_numpy(window)
         if self.device.type == "cuda":
             xy = xy.pin_memory().to(self.device, non_blocking=True)

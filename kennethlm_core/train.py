@@ -35,7 +35,7 @@ from kennethlm_core.checkpoint import (
     save_weights,
 )
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, coerce, resolve
-from kennethlm_core.data import Batches, prepare_data
+from kennethlm_core.data import Batches, format_mix, mix_weights, prepare_data
 from kennethlm_core.errors import CheckpointError, ConfigError, KLMError
 from kennethlm_core.evaluate import bits_per_byte
 from kennethlm_core.model import build_model, count_params
@@ -281,6 +281,8 @@ def train(
         tokenizer.load(out / "tokenizer")
     data = prepare_data(cfg, registry, tokenizer=tokenizer, log=log)
     tokenizer = data.tokenizer
+    mix = mix_weights(cfg.mix, data.train, cfg.block_size)
+    cfg = cfg.replace(mix=format_mix(mix))  # config.json records the weights used
     if not resume:
         init_run_dir(out, cfg)
         tokenizer.save(out / "tokenizer")
@@ -292,7 +294,9 @@ def train(
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
     schedule = registry.get("schedule", cfg.schedule).factory(cfg)
-    batches = Batches(data.train, cfg.block_size, cfg.batch_size, cfg.seed, device)
+    batches = Batches(
+        data.train, cfg.block_size, cfg.batch_size, cfg.seed, device, list(mix.values())
+    )
     clock = Clock()
     metrics_path = out / "metrics.jsonl"
 

@@ -128,6 +128,15 @@ BAD = {
         ["run", "--tokenizer", "byte", "--vocab-size", "500", "--steps", "1"],
         ["257 tokens"],
     ),
+    "bpe vocab": (
+        ["run", "--tokenizer", "bpe", "--vocab-size", "100", "--steps", "1"],
+        ["bpe vocab_size must exceed 257"],
+    ),
+    "bad mix": (["run", "--mix", "news=lots"], ["--mix expects domain=weight", "'news=lots'"]),
+    "unknown mix domain": (
+        ["run", "--mix", "books=1", "--steps", "1", "--out", "/nonexistent/never", "-q"],
+        ["--mix names domain 'books'", "its domains: news"],
+    ),
 }
 
 

@@ -11,12 +11,26 @@ import numpy as np
 import pytest
 import torch
 
+from kennethlm_core import data as data_module
 from kennethlm_core.builtin.corpora import PathCorpus
 from kennethlm_core.components import Corpus, Document
-from kennethlm_core.data import CHUNK_CHARS, Batches, chunk, plan_split, prepare_data
-from kennethlm_core.errors import DataError
+from kennethlm_core.data import (
+    CHUNK_CHARS,
+    Batches,
+    TokenSplit,
+    chunk,
+    domain_stats,
+    format_mix,
+    mix_weights,
+    plan_split,
+    prepare_data,
+    token_dtype,
+)
+from kennethlm_core.errors import ConfigError, DataError
+from kennethlm_core.evaluate import bits_per_byte
+from kennethlm_core.model import build_model
 
-from .conftest import SHARED_DATA, tiny_config
+from .conftest import SHARED_DATA, assert_one_line_error, tiny_config
 
 
 class ListCorpus(Corpus):
@@ -153,6 +167,119 @@ def test_validation_bytes_do_not_depend_on_the_tokenizer(registry):
     tok = byte.tokenizer  # and those bytes are the text's own
     assert len(byte.val.tokens) == byte.val.n_bytes + len(byte.val.docs)
     assert tok.doc_id == byte.val.tokens[0]
+
+
+def test_one_text_one_byte_count_whatever_the_tokenizer(registry):
+    """BPB stays comparable: every tokenizer scores the same validation bytes of the same text."""
+    names = registry.names("tokenizer")
+    assert {"char", "byte"} <= set(names)  # and bpe, unigram, ... when their plugins are in
+    scored, texts = {}, {}
+    for name in names:
+        cfg = tiny_config(registry, tokenizer=name)
+        data = prepare_data(cfg, registry)
+        val = data.val.head(cfg.eval_bytes)
+        torch.manual_seed(0)
+        model = build_model(cfg, data.tokenizer.vocab_size, registry)
+        result = bits_per_byte(model, val, cfg.block_size, data.tokenizer.doc_id)
+        scored[name] = (val.docs[:, 1:].tolist(), result.doc_bytes.tolist())
+        bounds = [*val.docs[:, 0], len(val.tokens)]
+        texts[name] = [
+            data.tokenizer.decode(val.tokens[a + 1 : b].tolist())
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        assert [len(t.encode()) for t in texts[name]] == val.docs[:, 2].tolist()
+    assert len({json.dumps(v) for v in scored.values()}) == 1, scored.keys()
+    assert len({json.dumps(v) for v in texts.values()}) == 1
+
+
+def test_the_cache_is_built_in_batches_and_laid_out_by_domain(registry, monkeypatch, tmp_path):
+    cfg = tiny_config(registry, tokenizer="char")
+    whole = prepare_data(cfg, registry)
+    seen = []
+    real = type(whole.tokenizer).encode_batch
+    monkeypatch.setattr(
+        type(whole.tokenizer), "encode_batch", lambda t, b: seen.append(b) or real(t, b)
+    )
+    monkeypatch.setattr(data_module, "BATCH_CHARS", 5000)
+    monkeypatch.setenv("KLM_CACHE", str(tmp_path))  # a cold cache, same tokenizer
+    batched = prepare_data(cfg, registry, tokenizer=whole.tokenizer)
+    assert not batched.reused and len(seen) > 10
+    assert max(sum(map(len, b)) for b in seen) < 5000 + CHUNK_CHARS
+    for a, b in ((whole.train, batched.train), (whole.val, batched.val)):
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.docs, b.docs)
+    train = batched.train
+    assert list(train.docs[:, 1]) == sorted(train.docs[:, 1])  # grouped by domain
+    starts = train.domain_starts()
+    assert list(starts) == [train.docs[train.docs[:, 1] == d][0, 0] for d in range(5)]
+    assert train.tokens.dtype == np.uint16 and batched.meta["dtype"] == "uint16"
+    assert token_dtype(2**16) == np.uint16 and token_dtype(2**16 + 1) == np.uint32
+    assert all(train.tokens[starts] == batched.tokenizer.doc_id)
+
+
+def test_domain_stats_add_up(registry):
+    data = prepare_data(tiny_config(registry, tokenizer="byte"), registry)
+    stats = domain_stats(data)
+    total = stats.pop("total")
+    assert set(stats) == {"news", "conversation", "legal", "encyclopedic", "fiction"}
+    assert total["documents"] == sum(s["documents"] for s in stats.values()) == 75
+    assert total["bytes"] == sum(s["bytes"] for s in stats.values()) == total["tokens"]
+    assert all(s["bytes_per_token"] == 1.0 for s in stats.values())  # byte tokens
+    assert total["train_share"] == pytest.approx(1.0)
+
+
+def test_klm_data_stats(klm):
+    code, out, err = klm("data", "stats", "--tokenizer", "byte")
+    assert code == 0, err
+    assert "fiction" in out and "bytes/token" in out and "total" in out
+    code, out, err = klm("data", "stats", "--tokenizer", "byte", "--json")
+    assert code == 0 and "reusing the token cache" in err
+    report = json.loads(out)
+    assert report["tokenizer"] == "byte" and report["domains"]["total"]["bytes_per_token"] == 1
+    code, out, err = klm("data", "stats", "--corpus", "nowhere/at/all")
+    assert_one_line_error(code, err, "corpus 'nowhere/at/all'")
+
+
+def test_mix_weights_are_parsed_checked_and_recorded(registry):
+    data = prepare_data(tiny_config(registry, tokenizer="byte"), registry)
+    natural = mix_weights("", data.train, 16)
+    share = data.train.domain_tokens() / len(data.train.tokens)
+    assert list(natural.values()) == pytest.approx(share.tolist(), abs=1e-6)
+    assert mix_weights(format_mix(natural), data.train, 16) == natural  # recorded = repeated
+    given = mix_weights("news=3,legal=1", data.train, 16)
+    assert given == {
+        "news": 0.75,
+        "conversation": 0,
+        "legal": 0.25,
+        "encyclopedic": 0,
+        "fiction": 0,
+    }
+    with pytest.raises(
+        DataError, match="'books', which this corpus does not have; its domains: news"
+    ):
+        mix_weights("books=1", data.train, 16)
+    with pytest.raises(DataError, match="too few for one window"):
+        mix_weights("news=1", data.train, 100_000)
+    for bad in ("news", "news=-1", "news=0", "news=1,news=2", "news=x"):
+        with pytest.raises(ConfigError, match="--mix"):
+            tiny_config(registry, mix=bad)
+
+
+def test_batches_follow_the_mix():
+    # three domains whose tokens are 1, 2 and 3: a window shows where it was drawn
+    sizes = [1000, 3000, 500]
+    tokens = np.repeat(np.array([1, 2, 3], dtype=np.uint16), sizes)
+    docs = np.array([[0, 0, 1000], [1000, 1, 3000], [4000, 2, 500]], dtype=np.int64)
+    split = TokenSplit(tokens, docs, ["a", "b", "c"])
+
+    def draw(weights, n=100):
+        batches = Batches(split, 16, 64, seed=1, device=torch.device("cpu"), weights=weights)
+        rows = np.concatenate([batches.next()[0].numpy() for _ in range(n)])
+        assert (rows == rows[:, :1]).all()  # never across a domain boundary
+        return np.bincount(rows[:, 0], minlength=4)[1:] / len(rows)
+
+    mixed = draw(list(mix_weights("a=1,c=3", split, 16).values()))
+    assert mixed[1] == 0 and mixed[2] == pytest.approx(0.75, abs=0.02)
+    assert draw(None) == pytest.approx(np.array(sizes) / sum(sizes), abs=0.02)  # natural
 
 
 def test_batches_are_reproducible_and_resumable(registry):

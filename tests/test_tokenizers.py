@@ -1,4 +1,4 @@
-"""The built-in tokenizers round-trip any text exactly and save as plain JSON."""
+"""Every installed tokenizer round-trips any text exactly and saves as plain JSON."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import json
 
 import pytest
 
+from kennethlm_core.builtin.corpora import SAMPLE
 from kennethlm_core.builtin.tokenizers import ByteTokenizer, CharTokenizer
+from kennethlm_core.config import build_config
 from kennethlm_core.errors import CheckpointError, ConfigError
+from kennethlm_core.plugins import get_registry
 
 DANISH = [
     "Rødgrød med fløde på én æblekage.\nÆRØ, Ørsted og Århus!",
@@ -16,6 +19,42 @@ DANISH = [
     "",
     "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 uden for BMP og en kombineret a\u0308",
 ]
+
+
+ODD = [
+    "<|doc|> is text here, not a document token",
+    "\x00\x01\x7f control bytes, \u200b zero width, \ufeff BOM, \U0010fffd private use",
+    "日本語, العربية, ελληνικά and 🇩🇰 flags",
+]
+SAMPLE_TEXTS = [json.loads(line)["text"] for line in SAMPLE.read_text("utf-8").splitlines()]
+INSTALLED = get_registry().names("tokenizer")  # char and byte, plus bpe, unigram, ... plugins
+
+
+@pytest.fixture(scope="module", params=INSTALLED)
+def installed(request):
+    """Each installed tokenizer, with its default vocabulary, trained on the embedded sample."""
+    tok = get_registry().get("tokenizer", request.param).factory(build_config())
+    tok.train(SAMPLE_TEXTS)
+    return tok
+
+
+@pytest.mark.parametrize("text", DANISH + ODD)
+def test_every_installed_tokenizer_round_trips_any_text(installed, text):
+    ids = installed.encode(text)
+    assert installed.decode(ids) == text
+    assert all(0 <= i < installed.vocab_size for i in ids)
+    assert installed.doc_id not in ids and 0 <= installed.doc_id < installed.vocab_size
+
+
+def test_every_installed_tokenizer_saves_loads_and_batches(installed, tmp_path):
+    installed.save(tmp_path)
+    json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))  # plain JSON
+    again = get_registry().get("tokenizer", installed.name).factory(build_config())
+    again.load(tmp_path)
+    assert again.fingerprint() == installed.fingerprint()
+    assert again.vocab_size == installed.vocab_size and again.doc_id == installed.doc_id
+    texts = DANISH + ODD
+    assert again.encode_batch(texts) == [installed.encode(t) for t in texts]
 
 
 def trained_char(vocab_size=0):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kennethlm_core import hookimpl
+from kennethlm_core.config import RunConfig, resolve
 from kennethlm_core.plugins import Registry
 from kennethlm_core.train import Interrupted, NonFiniteLoss, read_metrics, train
 
@@ -69,7 +70,8 @@ def test_run_folder_has_the_designed_files(tmp_path, registry):
 
 
 def test_stopped_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, registry):
-    cfg = tiny_config(registry, steps=40, dropout=0.1)  # dropout: the torch RNG must resume too
+    # dropout: the torch RNG must resume too; a mix: the domain draws too
+    cfg = tiny_config(registry, steps=40, dropout=0.1, mix="news=2,legal=1,fiction=1")
     train(cfg, tmp_path / "straight", registry=registry)
 
     def interrupt_at_20(clock, *rest):
@@ -84,6 +86,18 @@ def test_stopped_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, regist
     straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
     assert summary["val_bpb"] == straight["val_bpb"]
     assert summary["steps"] == 40
+
+
+def test_config_json_repeats_the_run_with_the_mix_it_records(tmp_path, registry):
+    first = train(tiny_config(registry), tmp_path / "a", registry=registry)
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    weights = dict(item.split("=") for item in saved["mix"].split(","))
+    assert set(weights) == set(first["val_bpb_by_domain"])  # natural proportions, written out
+    assert sum(map(float, weights.values())) == pytest.approx(1, abs=1e-5)
+    again = train(resolve(RunConfig.from_dict(saved), registry), tmp_path / "b", registry=registry)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert again["val_bpb"] == first["val_bpb"]
+    assert json.loads((tmp_path / "b" / "config.json").read_text()) == saved
 
 
 def test_time_budget(tmp_path, registry):
