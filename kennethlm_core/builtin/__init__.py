@@ -84,10 +84,13 @@ def klm_register_corpus(register):
         "path", corpora.path_corpus, "local .jsonl/.jsonl.gz/.parquet/.txt file, folder or glob"
     )
     register("sample", corpora.sample_corpus, "embedded Danish sample, 5 domains, ~72 KB")
-    hub = {"hub_max_bytes": 0}
-    register("dagw", corpora.dagw, "Danish Gigaword from the HF hub (streamed)", options=hub)
+    hub = {"hub_max_bytes": 0, "hub_sources": "", "hub_path": ""}
+    register("dagw", corpora.dagw, "Danish Gigaword, HF hub, a domain per row", options=hub)
     register(
-        "dynaword", corpora.dynaword, "Danish Dynaword from the HF hub (streamed)", options=hub
+        "dynaword",
+        corpora.dynaword,
+        "Danish Dynaword, HF hub, sources mapped to domains",
+        options=hub,
     )
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kennethlm_core.components import Corpus, Document
@@ -122,58 +125,143 @@ class PathCorpus(Corpus):
 
 
 class HubCorpus(Corpus):
-    """A corpus streamed from the Hugging Face hub, one or more configs, mapped to domains.
+    """A Hugging Face hub dataset with one config per source, read through ``datasets``.
 
-    ``domains`` maps a config (or a value of ``domain_column``) to a domain name.
+    The first pass streams each source (at most ``max_bytes`` of text from each, 0: all) into
+    a local snapshot, parquet files of ``id, text, domain`` under ``$KLM_CACHE/hub/``; every
+    later pass and run reads the snapshot. A document's domain is the row's own label
+    (a ``domain`` column, or ``metadata.domain``), else ``domains[source]``, else the source's
+    name; labels are lower-cased ("Wiki & Books" is "books", "Social Media" is "social").
+
+    ``path`` reads a local copy of the dataset repository instead of the hub: a folder with
+    the repository's README.md (its ``configs:`` list) and data files. ``sources`` picks
+    configs (comma list; default: every config but the aggregates "default" and "meta").
     """
+
+    AGGREGATES = ("default", "meta")
 
     def __init__(
         self,
         repo: str,
-        configs: list[str | None],
-        domain_column: str | None = None,
+        name: str,
         domains: dict[str, str] | None = None,
+        path: str = "",
+        sources: str = "",
         max_bytes: int = 0,
     ):
-        self.repo, self.configs = repo, configs
-        self.domain_column, self.domains = domain_column, domains or {}
+        self.repo, self.name, self.domains = repo, name, domains or {}
+        self.path = str(Path(path).expanduser().resolve()) if path else ""
+        self.sources = [s.strip() for s in sources.split(",") if s.strip()]
         self.max_bytes = max_bytes
-        self.name = repo
+        if self.path and not Path(self.path, "README.md").is_file():
+            raise DataError(
+                f"hub_path {path} is not a copy of a dataset repository (no README.md with its "
+                f"configs); give the folder that holds README.md and the data files"
+            )
 
     def fingerprint(self) -> str:
-        key = f"{self.repo}\0{self.configs}\0{self.domain_column}\0{self.max_bytes}"
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        h = hashlib.sha256(f"{self.repo}\0{self.path}\0{self.sources}\0{self.max_bytes}".encode())
+        for f in sorted(Path(self.path).rglob("*")) if self.path else []:
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
 
     def documents(self) -> Iterator[Document]:
+        import pyarrow.parquet as pq
+
+        from kennethlm_core.data import cache_root
+
+        snapshot = cache_root() / "hub" / f"{self.name}-{self.fingerprint()}"
+        if not snapshot.exists():
+            self._download(snapshot)
+        for file in sorted(snapshot.glob("*.parquet")):
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=1000):
+                for row in batch.to_pylist():
+                    yield Document(row["id"], row["text"], row["domain"])
+
+    def _download(self, snapshot: Path) -> None:
+        """Stream every chosen source into parquet files, then publish the folder at once."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         datasets = _quiet_datasets()
+        schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("domain", pa.string())])
+        where = self.path or self.repo
+        with self._hub_errors():
+            configs = datasets.get_dataset_config_names(where)
+        sources = [c for c in configs if c not in self.AGGREGATES]
+        unknown = [s for s in self.sources if s not in sources]
+        if unknown:
+            raise DataError(
+                f"{self.name} has no source '{unknown[0]}'; its sources: {', '.join(sources)}"
+            )
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=snapshot.parent))
+        try:
+            for i, source in enumerate(self.sources or sources):
+                rows = self._stream(datasets, where, source)
+                with pq.ParquetWriter(tmp / f"{i:04d}-{source}.parquet", schema) as writer:
+                    for batch in _batched(rows, 1000):
+                        writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            os.rename(tmp, snapshot)
+        except OSError:
+            if not snapshot.exists():  # another process published it first: fine
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _stream(self, datasets, where: str, source: str) -> Iterator[dict[str, str]]:
         seen = 0
-        for config in self.configs:
-            try:
-                stream = iter(
-                    datasets.load_dataset(self.repo, config, split="train", streaming=True)
-                )
-                first = next(stream, None)
-            except Exception as e:
-                raise DataError(
-                    f"cannot load '{self.repo}' from the Hugging Face hub ({_first_line(e)}); "
-                    "offline, download it elsewhere and pass --corpus PATH"
-                ) from None
-            rows = [first] if first is not None else []
-            for n, row in enumerate(_chain(rows, stream)):
+        with self._hub_errors():
+            stream = datasets.load_dataset(where, source, split="train", streaming=True)
+            for n, row in enumerate(stream):
                 text = row.get("text") or ""
                 if not text:
                     continue
-                label = row.get(self.domain_column) if self.domain_column else config
-                domain = self.domains.get(str(label), str(label or "default")).lower()
-                yield Document(id=str(row.get("id", f"{config}:{n}")), text=text, domain=domain)
+                yield {
+                    "id": str(row.get("id") or f"{source}:{n}"),
+                    "text": text,
+                    "domain": self._domain(row, source),
+                }
                 seen += len(text.encode("utf-8"))
                 if self.max_bytes and seen >= self.max_bytes:
                     return
 
+    def _domain(self, row: dict, source: str) -> str:
+        meta = row.get("metadata")
+        label = row.get("domain") or (meta.get("domain") if isinstance(meta, dict) else None)
+        label = str(label or self.domains.get(source) or source).strip().lower()
+        return DOMAIN_LABELS.get(label, label.replace(" ", "-"))
 
-def _chain(first, rest):
-    yield from first
-    yield from rest
+    @contextmanager
+    def _hub_errors(self):
+        try:
+            yield
+        except DataError:
+            raise
+        except Exception as e:
+            if self.path:
+                raise DataError(f"cannot read {self.path} ({_first_line(e)})") from None
+            raise DataError(
+                f"cannot load '{self.repo}' from the Hugging Face hub ({_first_line(e)}); "
+                "offline, download it elsewhere and pass --corpus PATH "
+                "(or --set hub_path=DIR for a copy of the dataset repository)"
+            ) from None
+
+
+DOMAIN_LABELS = {"wiki & books": "books", "social media": "social"}
+
+
+def _batched(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _first_line(e: Exception) -> str:
@@ -191,19 +279,59 @@ def sample_corpus(cfg) -> PathCorpus:
     return corpus
 
 
-def dagw(cfg) -> HubCorpus:
+# Dynaword's sources carry no domain label in their rows (DAGW's do, in metadata.domain); a
+# source not listed here is a domain of its own.
+DYNAWORD_DOMAINS = {
+    "adl": "books",
+    "botxt": "other",
+    "cellar": "legal",
+    "danske-taler": "conversation",
+    "dannet": "other",
+    "depbank": "other",
+    "domsdatabasen": "legal",
+    "ep": "conversation",
+    "eur-lex-sum-da": "legal",
+    "fm-udgivelser": "legal",
+    "ft": "conversation",
+    "grundtvig": "books",
+    "gutenberg": "books",
+    "hest": "social",
+    "jvj": "books",
+    "lexdk": "encyclopedic",
+    "memo": "books",
+    "miljoeportalen": "web",
+    "naat": "conversation",
+    "ncc_books": "books",
+    "ncc_newspaper": "news",
+    "nordjyllandnews": "news",
+    "opensubtitles": "conversation",
+    "relig": "books",
+    "retsinformationdk": "legal",
+    "retspraksis": "legal",
+    "skat": "legal",
+    "spont": "conversation",
+    "synne": "other",
+    "tv2r": "news",
+    "wiki": "encyclopedic",
+    "wikibooks": "books",
+    "wikisource": "books",
+}
+
+
+def _hub(cfg, repo: str, name: str, domains: dict[str, str] | None = None) -> HubCorpus:
     return HubCorpus(
-        "danish-foundation-models/danish-gigaword",
-        [None],
-        domain_column="domain",
+        repo,
+        name,
+        domains,
+        path=cfg.get("hub_path", ""),
+        sources=cfg.get("hub_sources", ""),
         max_bytes=cfg.get("hub_max_bytes", 0),
     )
+
+
+def dagw(cfg) -> HubCorpus:
+    return _hub(cfg, "danish-foundation-models/danish-gigaword", "dagw")
 
 
 def dynaword(cfg) -> HubCorpus:
-    return HubCorpus(
-        "danish-foundation-models/danish-dynaword",
-        [None],
-        domain_column="domain",
-        max_bytes=cfg.get("hub_max_bytes", 0),
-    )
+    return _hub(cfg, "danish-foundation-models/danish-dynaword", "dynaword", DYNAWORD_DOMAINS)
