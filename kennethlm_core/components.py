@@ -181,7 +181,8 @@ class HFTokenizer(Tokenizer):
         return self.lib.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.lib.encode_batch(list(texts), add_special_tokens=False)]
+        encodings = self.lib.encode_batch_fast(list(texts), add_special_tokens=False)  # no offsets
+        return [e.ids for e in encodings]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.lib.decode([int(i) for i in ids], skip_special_tokens=True)
