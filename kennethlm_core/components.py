@@ -78,6 +78,8 @@ class Tokenizer:
         raise NotImplementedError
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token cache encodes through this, a few MB of text at a time: override it to
+        use several cores."""
         return [self.encode(t) for t in texts]
 
     @property

@@ -153,7 +153,10 @@ def check_run_dir(out: Path, cfg: RunConfig, force: bool) -> None:
             f"--out {out} is a non-empty folder that is not a run; choose another --out"
         )
     try:
-        same = json.loads(existing.read_text()) == cfg.to_dict()
+        saved = json.loads(existing.read_text())
+        if not cfg.mix:  # the natural mix is written out, resolved, when a run starts
+            saved["mix"] = ""
+        same = saved == cfg.to_dict()
     except json.JSONDecodeError:
         same = False
     what = "this configuration" if same else "another configuration"

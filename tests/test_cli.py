@@ -156,6 +156,8 @@ def test_out_holding_another_run_is_refused_unless_forced(run_dir, tmp_path, klm
     code, out, err = klm("run", *TINY_ARGS, "--n-embd", "64", "--out", copy)
     assert_one_line_error(code, err, "already holds a run of another configuration", "--force")
     assert (copy / "model.safetensors").read_bytes() == before  # untouched
+    code, out, err = klm("run", *TINY_ARGS, "--out", copy)  # its mix was written out: same run
+    assert_one_line_error(code, err, "already holds a run of this configuration", "--resume")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("my notes")
     code, out, err = klm("run", *TINY_ARGS, "--out", tmp_path / "mine", "--force")
