@@ -71,10 +71,9 @@ Test$Class = conformance("$slot", "$name")
 README = """\
 # $dist
 
-A $slot for KennethLM: $summary.
+$Summary: the $slot '$name' for KennethLM, made by `klm new-plugin`.
 
-Made by `klm new-plugin $name --slot $slot`; describe your idea here, where it comes from
-(paper, post), and what you measured.
+Describe your idea here: what it changes, where it comes from (paper, post), what you measured.
 
 ```bash
 .venv/bin/pip install --no-build-isolation -e plugins/$dist

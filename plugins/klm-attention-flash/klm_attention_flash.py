@@ -35,6 +35,6 @@ def klm_register_attention(register):
     register(
         "flash",
         FlashAttention,
-        "torch scaled_dot_product_attention (FlashAttention on CUDA), score bias as a mask",
+        "torch scaled_dot_product_attention: a fused kernel (flash on CUDA)",
         provides={"score_bias"},
     )

@@ -40,5 +40,5 @@ def klm_register_attention(register):
     register(
         "linear",
         LinearAttention,
-        "causal linear attention, elu+1 features and running sums: O(T), no score bias",
+        "causal linear attention: elu+1 features, running sums, O(T)",
     )

@@ -17,14 +17,13 @@ class MeanAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         past = torch.ones(cfg.block_size, cfg.block_size).tril()  # row t: 1 for s <= t
-        self.register_buffer("past", past, persistent=False)
+        self.register_buffer("weights", past / past.sum(dim=1, keepdim=True), persistent=False)
 
     def forward(self, q, k, v, bias=None):
         if bias is not None:
             raise ValueError("mean attention has no scores and cannot take a score bias")
         T = v.size(-2)
-        weights = self.past[:T, :T] / self.past[:T, :T].sum(dim=-1, keepdim=True)  # rows sum to 1
-        return weights.to(v.dtype) @ v
+        return self.weights[:T, :T].to(v.dtype) @ v  # row t: 1/(t+1) for s <= t, else 0
 
 
 @hookimpl
