@@ -102,8 +102,7 @@ def conformance(slot: str, name: str, *, registry: Any = None, **settings: Any) 
     registry.get(slot, name)  # an unknown name fails now, at collection, listing known ones
     title = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name))
     caller = sys._getframe(1).f_globals.get("__name__", __name__)  # pytest reports it there
-    attrs = {"slot": slot, "name": name, "settings": settings, "registry": registry}
-    attrs["__module__"] = caller
+    attrs = dict(slot=slot, name=name, settings=settings, registry=registry, __module__=caller)
     return type(f"Test{title}", (KITS[slot],), attrs)
 
 
@@ -137,11 +136,9 @@ class Conformance:
 
     @property
     def reg(self):
-        if self.registry is None:
-            from kennethlm_core.plugins import get_registry
+        from kennethlm_core.plugins import get_registry
 
-            return get_registry()
-        return self.registry
+        return self.registry or get_registry()
 
     @property
     def component(self):

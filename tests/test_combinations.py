@@ -13,6 +13,9 @@ refusal as the reason. A plugin installed later is picked up with no edit here.
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,7 +27,8 @@ from kennethlm_core.errors import ConfigError
 from kennethlm_core.model import build_model
 from kennethlm_core.plugins import get_registry
 
-from .conftest import assert_one_line_error
+from .conftest import PYTHON, REPO, assert_one_line_error
+from .test_plugins import make_dist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,15 +153,31 @@ def test_combination(choice, prepared, tmp_path):
         assert torch.equal(copy.eval()(x_val)[0], logits), f"{what}: logits differ after loading"
 
 
-def test_the_suite_covers_what_is_installed():
-    grid = {tuple(sorted(c.items())) for c in COMBINATIONS}
-    for a, p, t in itertools.product(
-        REGISTRY.names("attention"), REGISTRY.names("posemb"), REGISTRY.names("tokenizer")
-    ):
-        assert (("attention", a), ("posemb", p), ("tokenizer", t)) in grid
-    for slot in ("norm", "mlp"):
-        for name in REGISTRY.names(slot):
-            assert name == getattr(DEFAULTS, slot) or ((slot, name),) in grid
+def test_a_plugin_installed_later_joins_the_suite(tmp_path):
+    """Install a new attention (a dist-info on PYTHONPATH) and collect this file again."""
+    source = """
+        from kennethlm_core import hookimpl
+
+        @hookimpl
+        def klm_register_attention(register):
+            from kennethlm_core.builtin.layers import NaiveAttention
+            register("copycat", NaiveAttention, "naive under another name", provides={"score_bias"})
+    """
+    make_dist(
+        tmp_path, "klm-attention-copycat", {"klm_copycat": source}, {"copycat": "klm_copycat"}
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    proc = subprocess.run(
+        [PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", __file__],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for posemb in REGISTRY.names("posemb"):
+        for tokenizer in REGISTRY.names("tokenizer"):
+            assert f"test_combination[copycat-{posemb}-{tokenizer}]" in proc.stdout
 
 
 def test_linear_attention_with_alibi_is_refused_before_training(klm, tmp_path):

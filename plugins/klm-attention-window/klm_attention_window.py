@@ -21,11 +21,10 @@ class WindowAttention(nn.Module):
         if window < 1:
             raise ConfigError(f"window must be at least 1 token, got {window}; try --set window=32")
         self.dropout = cfg.dropout
-        n = cfg.block_size
-        seen = torch.ones(n, n, dtype=torch.bool).tril() & ~torch.ones(n, n, dtype=torch.bool).tril(
-            -window
-        )
-        band = torch.zeros(n, n).masked_fill(~seen, float("-inf"))
+        position = torch.arange(cfg.block_size)
+        behind = position.view(-1, 1) - position.view(1, -1)  # query t minus key s
+        seen = (behind >= 0) & (behind < window)  # s in t - window + 1 ... t
+        band = torch.zeros(behind.shape).masked_fill(~seen, float("-inf"))
         self.register_buffer("band", band, persistent=False)
 
     def forward(self, q, k, v, bias=None):
