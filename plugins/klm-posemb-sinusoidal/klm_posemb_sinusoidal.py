@@ -4,6 +4,10 @@ Position t gets the vector PE[t, 2i] = sin(t / 10000^(2i/C)), PE[t, 2i+1] = cos(
 added to its token's embedding: a wave of a different wavelength on each pair of channels, so
 every position has its own pattern and a fixed offset is a linear map of it. Nothing is learned;
 the table is computed once and cached as a buffer (not saved with the weights).
+
+``sinusoidal_scale`` multiplies the table (default 1: the paper's table). GPT-2-style token
+embeddings start with standard deviation 0.02, so at scale 1 the positions dominate the
+residual stream early in training; the paper instead multiplies the embeddings by sqrt(C).
 """
 
 import torch
@@ -21,7 +25,7 @@ class SinusoidalPositions(PositionalEmbedding):
         table = torch.zeros(cfg.block_size, cfg.n_embd)
         table[:, 0::2] = angle.sin()
         table[:, 1::2] = angle.cos()[:, : cfg.n_embd // 2]
-        self.register_buffer("table", table, persistent=False)
+        self.register_buffer("table", cfg.get("sinusoidal_scale") * table, persistent=False)
 
     def embed(self, x):
         return x + self.table[: x.size(1)].to(x.dtype)
@@ -29,4 +33,9 @@ class SinusoidalPositions(PositionalEmbedding):
 
 @hookimpl
 def klm_register_posemb(register):
-    register("sinusoidal", SinusoidalPositions, "fixed sin/cos waves per position, added (Vaswani)")
+    register(
+        "sinusoidal",
+        SinusoidalPositions,
+        "fixed sin/cos waves per position, added (Vaswani)",
+        options={"sinusoidal_scale": 1.0},
+    )

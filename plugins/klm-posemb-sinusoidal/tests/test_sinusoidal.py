@@ -10,6 +10,7 @@ from kennethlm_core.testing import conformance
 
 TestSinusoidal = conformance("posemb", "sinusoidal")
 TestSinusoidalOddWidth = conformance("posemb", "sinusoidal", n_embd=33, n_head=3)
+TestSinusoidalScaled = conformance("posemb", "sinusoidal", sinusoidal_scale=0.1)
 
 
 def sinusoidal(**overrides):
@@ -28,3 +29,10 @@ def test_table_follows_the_formula_and_adds_nothing_learned():
             angle = t / 10000 ** (2 * i / 16)
             assert math.isclose(table[t, 2 * i], math.sin(angle), abs_tol=1e-6)
             assert math.isclose(table[t, 2 * i + 1], math.cos(angle), abs_tol=1e-6)
+
+
+def test_scale_multiplies_the_table():
+    x = torch.zeros(1, 8, 16)
+    size = dict(n_embd=16, n_head=2, block_size=8)
+    full, scaled = sinusoidal(**size), sinusoidal(sinusoidal_scale=0.1, **size)
+    torch.testing.assert_close(scaled.embed(x), 0.1 * full.embed(x))
