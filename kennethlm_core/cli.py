@@ -448,6 +448,40 @@ def data_stats(ctx, corpus, tokenizer, vocab_size, settings, as_json):
     _console().print(table)
 
 
+# -- klm new-plugin --------------------------------------------------------------------------
+
+
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option("--slot", required=True, help="attention, posemb, norm, mlp, model, optimizer, ...")
+@click.option(
+    "--dir",
+    "directory",
+    default="plugins",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Where the package folder goes.",
+)
+@click.pass_context
+def new_plugin(ctx, name, slot, directory):
+    """Write a plugin package: a working component for SLOT, its tests, a README.
+
+    \b
+    klm new-plugin sliding-window --slot attention
+      -> plugins/klm-attention-sliding-window/  (pyproject.toml, module, tests/, README.md)
+    """
+    from kennethlm_core.scaffold import check_request, new_plugin
+
+    check_request(name, slot, directory)  # a bad name or slot fails before loading plugins
+    target = new_plugin(name, slot, directory, registry=_registry(ctx))
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    click.echo(f"wrote {target}/: {', '.join(files)}")
+    click.echo(f"install it:  .venv/bin/pip install --no-build-isolation -e {target}")
+    click.echo(f"test it:     .venv/bin/pytest {target}")
+    flag = "klm eval RUN --task" if slot == "task" else f"klm run --{slot}"
+    click.echo(f"try it:      {flag} {name}")
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 

@@ -25,6 +25,18 @@ def klm_cache(tmp_path_factory):
         os.environ["KLM_CACHE"] = old
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and other processes on a shared machine cannot
+    stall a single thread the way they stall two threads waiting on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def registry():
     from kennethlm_core.plugins import get_registry

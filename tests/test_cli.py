@@ -98,7 +98,7 @@ def test_candidate_arguments_parse_like_run_flags():
 BAD = {
     "unknown plugin": (
         ["run", "--attention", "flsh"],
-        ["unknown attention 'flsh'", "known: naive"],
+        ["unknown attention 'flsh'", "known: ", "naive"],
     ),
     "did you mean": (["run", "--norm", "layernrm"], ["did you mean 'layernorm'"]),
     "malformed --set": (["run", "--set", "lr"], ["--set expects key=value"]),
