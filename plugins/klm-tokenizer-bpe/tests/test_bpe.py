@@ -8,9 +8,12 @@ from klm_tokenizer_bpe import BPETokenizer
 from tokenizers import pre_tokenizers
 
 from kennethlm_core.errors import ConfigError
+from kennethlm_core.testing import conformance
 
 SAMPLE = files("kennethlm_core") / "sample" / "danish_sample.jsonl"
 TEXT = [json.loads(line)["text"] for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
+
+TestBpeConformance = conformance("tokenizer", "bpe", vocab_size=400)
 
 
 def trained(vocab_size=300):

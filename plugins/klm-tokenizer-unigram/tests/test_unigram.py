@@ -7,9 +7,13 @@ import pytest
 from klm_tokenizer_unigram import UnigramTokenizer, canonical
 from tokenizers import pre_tokenizers
 
+from kennethlm_core.testing import conformance
+
 SAMPLE = files("kennethlm_core") / "sample" / "danish_sample.jsonl"
 TEXT = [json.loads(line)["text"] for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
 ODD = ["𝔘𝔫𝔦𝔠𝔬𝔡𝔢 \x00\x7f a\u0308 日本語", "  \r\n\t  ", "<|doc|>", "ŋ" * 5]
+
+TestUnigramConformance = conformance("tokenizer", "unigram", vocab_size=400)
 
 
 def trained(vocab_size=300):
