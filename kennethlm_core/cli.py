@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from kennethlm_core.errors import KLMError
+from kennethlm_core.experiment import ALPHA, MIN_EFFECT, STANDARD_STEPS
 
 SLOT_FLAGS = ("model", "attention", "posemb", "norm", "mlp", "optimizer", "schedule", "tokenizer")
 
@@ -437,8 +438,20 @@ def _arm(option: str, text: str):
     help="Decision metric: bpb (final val_bpb) or TASK/METRIC of klm eval (sentiment/mcc).",
 )
 @click.option("--metric-data", help="Data for the metric's task (as klm eval --data).")
-@click.option("--min-effect", type=float, help="Smallest improvement accepted (metric units).")
-@click.option("--alpha", type=float, help="Significance level of the one-sided tests.")
+@click.option(
+    "--min-effect",
+    type=float,
+    default=MIN_EFFECT,
+    show_default=True,
+    help="Smallest improvement accepted, in the metric's units.",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=ALPHA,
+    show_default=True,
+    help="Significance level of the one-sided tests.",
+)
 @click.option(
     "--branch-at",
     type=float,
@@ -485,7 +498,8 @@ def compare(
     Both arms train with the same seeds (same initial weights and batches) and the same budget;
     the verdict comes from a one-sided paired t-test on the final metric. Any klm run flag given
     here applies to both arms (--corpus, sizes, --set ...); the budget (--steps, --tokens or
-    --time) defaults to the standard comparison budget. --seed is the first of the seeds.
+    --time) defaults to the standard comparison budget, --steps {steps}. --seed is the first
+    of the seeds (default 1).
     Runs go to the experiment folder; running the same comparison again reuses finished runs
     and resumes interrupted ones.
 
@@ -513,15 +527,15 @@ def compare(
         seeds=list(range(first, first + seeds)),
         metric=metric,
         metric_data=metric_data,
-        min_effect=experiment.MIN_EFFECT if min_effect is None else min_effect,
-        alpha=experiment.ALPHA if alpha is None else alpha,
+        min_effect=min_effect,
+        alpha=alpha,
         branch_at=branch_at,
         init_from=init_from,
     )
     console = _console(stderr=True)
     say = (lambda message: None) if quiet else console.print
     if not any(k in shared for k in BUDGET_KEYS):
-        shared["steps"] = experiment.STANDARD_STEPS
+        shared["steps"] = STANDARD_STEPS
     elif "time" in shared:
         say("note: a --time budget makes the verdict depend on this machine's speed and load")
     if promote and (comp.baseline.recipe != "record" or comp.baseline.overrides):
@@ -541,6 +555,9 @@ def compare(
     click.echo(f"written to {folder / 'summary.json'} and {folder / 'trajectories.png'}")
     if record or promote:
         _record(summary, promote)
+
+
+compare.help = compare.help.replace("{steps}", str(STANDARD_STEPS))
 
 
 def _print_comparison(s: dict[str, Any]) -> None:
@@ -581,7 +598,9 @@ def _record(summary: dict[str, Any], promote: bool) -> None:
 
     path = registry_path()
     entry = ledger_entry(summary)
-    append_experiment(entry, path)
+    if not append_experiment(entry, path):
+        click.echo(f"{path} has this result already; not recorded again")
+        return
     click.echo(f"recorded in {path} ({summary['verdict']})")
     if promote and summary["verdict"] != "better":
         print(

@@ -73,7 +73,8 @@ def plot_groups(groups: dict[str, list[Path]], out: str | Path, title: str = "")
     for i, (label, runs) in enumerate(groups.items()):
         color = COLORS[i % len(COLORS)]
         tables = [{r["step"]: r for r in read_metrics(run)} for run in runs]
-        steps = sorted(set.intersection(*(set(t) for t in tables)))
+        start = branch_step(runs)  # before it, a branch's metrics are its source's: not drawn
+        steps = sorted(s for s in set.intersection(*(set(t) for t in tables)) if s >= (start or 0))
         if not steps:
             raise KLMError(f"the runs of {label} have no evaluation step in common")
         vals = np.array([[t[s]["val_bpb"] for s in steps] for t in tables])
@@ -86,13 +87,11 @@ def plot_groups(groups: dict[str, list[Path]], out: str | Path, title: str = "")
             ax.plot(x, mean, color=color, lw=1.8, marker="o", ms=3, label=name)
             if len(runs) > 1:
                 ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
-        start = branch_step(runs)
-        if start is not None and start in steps:
-            k = steps.index(start)
-            for ax, x in zip(axes, (tokens[k], seconds[k]), strict=True):
+        if start is not None:
+            for ax, x in zip(axes, (tokens[0], seconds[0]), strict=True):
                 ax.axvline(x, color=color, ls=":", lw=1.2)
                 ax.annotate(
-                    f"{label} starts here",
+                    f"{label} branches off",
                     (x, 0.98),
                     xycoords=("data", "axes fraction"),
                     xytext=(4, 0),

@@ -105,12 +105,17 @@ def _toml(value: Any):
     return value
 
 
-def append_experiment(entry: dict[str, Any], path: Path | None = None) -> None:
-    """Add an [[experiments]] table at the end of registry.toml; the rest stays as it was."""
+def append_experiment(entry: dict[str, Any], path: Path | None = None) -> bool:
+    """Add an [[experiments]] table at the end of registry.toml; the rest stays as it was.
+    False, and nothing written, when the same result is in the ledger already."""
     import tomlkit
 
     path = path or registry_path()
     doc = _read(path)
+    same = ("name", "commit", "baseline_values", "candidate_values", "verdict")
+    for exp in doc.get("experiments", []):
+        if all(exp.get(k) == entry[k] for k in same):
+            return False
     if "experiments" not in doc:
         doc.add(tomlkit.nl())
         doc.add("experiments", tomlkit.aot())
@@ -119,6 +124,7 @@ def append_experiment(entry: dict[str, Any], path: Path | None = None) -> None:
         table.add(key, _toml(value))
     doc["experiments"].append(table)
     _write(path, doc)
+    return True
 
 
 def promote(

@@ -279,3 +279,43 @@ def test_bad_compare_input_is_one_line_and_exit_2(klm, tmp_path, case):
     code, out, err = klm("compare", *args, "--out", tmp_path / "x", "-q")
     assert_one_line_error(code, err, *needles)
     assert not (tmp_path / "x").exists()
+
+
+# -- a task metric as the decision metric ----------------------------------------------------
+
+
+def test_a_task_metric_decides_in_the_direction_the_task_declares(tmp_path):
+    import types
+
+    from kennethlm_core import hookimpl
+    from kennethlm_core.components import Metric, TaskResult
+    from kennethlm_core.experiment import metric_values
+    from kennethlm_core.plugins import Registry
+    from kennethlm_core.train import train
+
+    from .conftest import tiny_config
+
+    calls = []
+
+    class Fluency:
+        """log P('Der var engang') in nats: higher is better."""
+
+        def evaluate(self, lm, *, data=None, limit=None):
+            calls.append(lm.dir)
+            score = lm.score("", "Der var engang")
+            return TaskResult({"logp": Metric(score, higher_is_better=True)}, n=1)
+
+    plugin = types.ModuleType("fluency")
+    plugin.klm_register_task = hookimpl(lambda register: register("fluency", lambda c: Fluency()))
+    reg = Registry(entry_points=False)
+    reg.add_plugin(plugin, "fluency", "test")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run, steps in zip(runs, (2, 6), strict=True):
+        train(tiny_config(reg, steps=steps, eval_every=2), run, registry=reg)
+
+    values, higher = metric_values(runs, "fluency/logp", reg)
+    assert higher is True and values[1] > values[0]  # more training, likelier text
+    assert metric_values(runs, "fluency", reg)[0] == values  # one metric: the task's name will do
+    assert len(calls) == 2  # the second time it came from each run's eval.json
+    with pytest.raises(ConfigError, match="reports logp, not 'fluency/acc'.*fluency/logp"):
+        metric_values(runs, "fluency/acc", reg)
