@@ -533,7 +533,7 @@ def compare(
         init_from=init_from,
     )
     console = _console(stderr=True)
-    say = (lambda message: None) if quiet else console.print
+    say = (lambda message: None) if quiet else (lambda m: console.print(m, soft_wrap=True))
     if not any(k in shared for k in BUDGET_KEYS):
         shared["steps"] = STANDARD_STEPS
     elif "time" in shared:

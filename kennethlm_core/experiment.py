@@ -206,7 +206,8 @@ def default_folder(comp: Comparison, root: Path = Path("experiments")) -> Path:
         parts.append(f"branch {comp.branch_at:g}")
     if comp.init_from is not None:
         parts.append(f"from {Path(comp.init_from).name}")
-    slug = re.sub(r"[^a-z0-9.]+", "-", " ".join(parts).lower()).strip("-")
+    text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", " ".join(parts).lower())  # dots only in numbers
+    slug = re.sub(r"[^a-z0-9.]+", "-", text).strip("-")
     return root / slug[:120].rstrip("-")
 
 
@@ -505,7 +506,7 @@ def run_comparison(
             run_jobs(phase, jobs, registry, disabled=disabled or [], logs=folder / "logs", say=say)
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(
-            "stopped; finished runs are kept and unfinished ones checkpointed. Run the same "
+            "finished runs are kept and unfinished ones checkpointed; run the same "
             "klm compare again to continue"
         ) from None
 

@@ -12,6 +12,7 @@ import pytest
 
 from kennethlm_core.errors import ConfigError, KLMError
 from kennethlm_core.experiment import (
+    ARMS,
     Arm,
     Comparison,
     arm_configs,
@@ -156,7 +157,7 @@ def test_the_default_folder_names_the_comparison():
     comp = comparison(Arm("--posemb none", None, {"posemb": "none"}), corpus="../data/c")
     comp.branch_at = 0.5
     assert default_folder(comp) == Path(
-        "experiments/baseline-vs-posemb-none-corpus-..-data-c-10-steps-branch-0.5"
+        "experiments/baseline-vs-posemb-none-corpus-data-c-10-steps-branch-0.5"
     )
 
 
@@ -225,6 +226,23 @@ def test_compare_trains_both_arms_reuses_finished_runs_and_records(tmp_path, klm
     assert entry["candidate_settings"] == {"lr": 3e-3} and entry["budget"] == {"steps": 10}
     assert entry["baseline_values"] == pytest.approx(values["baseline"], rel=1e-5)
     assert "--set lr=3e-3" in (ledger / "README.md").read_text()
+    code, out, err = compare(klm, folder, "--record")
+    assert code == 0 and "has this result already" in out
+    assert len(tomllib.loads((ledger / "registry.toml").read_text())["experiments"]) == 1
+
+    # --init-from: both arms of every seed start from the given run's checkpoint
+    from kennethlm_core.cli import parse_run_args
+    from kennethlm_core.experiment import plan_jobs
+    from kennethlm_core.plugins import get_registry
+
+    shared = parse_run_args([*TINY, "--steps", "20"])[1]
+    comp = Comparison(Arm("baseline", "baseline"), Arm("", None, {"lr": "3e-3"}), shared, [1, 2])
+    comp.init_from = runs["baseline"][0]
+    cfgs = arm_configs(comp, get_registry())
+    (jobs,) = plan_jobs(comp, cfgs, tmp_path / "init", force=False, threads=0)
+    assert [(j.arm, j.seed, j.init_from, j.mode) for j in jobs] == [
+        (arm, seed, runs["baseline"][0], "new") for seed in (1, 2) for arm in ARMS
+    ]
 
 
 def test_compare_in_parallel_processes_with_a_branch(tmp_path, klm):
