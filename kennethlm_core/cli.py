@@ -584,9 +584,11 @@ def _print_comparison(s: dict[str, Any]) -> None:
     colour = {"better": "green", "worse": "red"}.get(s["verdict"], "yellow")
     better = "higher" if s["higher_is_better"] else "lower"
     console.print(
-        f"Δ {metric} {s['delta']:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}; {better} is better) · "
-        f"one-sided paired t-test p(better) = {s['p_better']:.2g}, p(worse) = "
-        f"{s['p_worse']:.2g} · min effect {s['min_effect']:g}, alpha {s['alpha']:g}"
+        f"Δ {metric} {s['delta']:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}; {better} is better)"
+    )
+    console.print(
+        f"one-sided paired t-test: p(better) = {s['p_better']:.2g}, p(worse) = "
+        f"{s['p_worse']:.2g}; min effect {s['min_effect']:g}, alpha {s['alpha']:g}"
     )
     console.print(f"verdict: [bold {colour}]{s['verdict']}[/]")
 

@@ -38,18 +38,24 @@ def run_groups(paths: list[str | Path]) -> dict[str, list[Path]]:
 def plot_paths(paths: list[str | Path], out: str | Path, title: str | None = None) -> Path:
     """Draw the runs found under ``paths`` into ``out`` (a PNG). An experiment folder's
     summary.json gives the title: the verdict and its numbers."""
-    if title is None and len(paths) == 1:
-        title = experiment_title(Path(paths[0]))
-    return plot_groups(run_groups(paths), out, title or "")
+    groups = run_groups(paths)
+    s = experiment_summary(Path(paths[0])) if len(paths) == 1 else None
+    if s is None:
+        return plot_groups(groups, out, title or "")
+    groups = {f"{arm}: {s[arm]}" if arm in s else arm: runs for arm, runs in groups.items()}
+    return plot_groups(groups, out, experiment_title(s) if title is None else title)
 
 
-def experiment_title(folder: Path) -> str | None:
+def experiment_summary(folder: Path) -> dict | None:
+    """The summary.json of an experiment folder (klm compare), if it is one."""
     path = folder / "summary.json"
     if not path.exists():
         return None
     s = json.loads(path.read_text())
-    if "verdict" not in s:
-        return None
+    return s if "verdict" in s else None
+
+
+def experiment_title(s: dict) -> str:
     lo, hi = s["delta_ci"]
     metric = "val_bpb" if s["metric"] == "bpb" else s["metric"]
     return (
@@ -91,7 +97,7 @@ def plot_groups(groups: dict[str, list[Path]], out: str | Path, title: str = "")
             for ax, x in zip(axes, (tokens[0], seconds[0]), strict=True):
                 ax.axvline(x, color=color, ls=":", lw=1.2)
                 ax.annotate(
-                    f"{label} branches off",
+                    "branch point",
                     (x, 0.98),
                     xycoords=("data", "axes fraction"),
                     xytext=(4, 0),
