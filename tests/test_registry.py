@@ -62,11 +62,13 @@ def copy(tmp_path, monkeypatch):
 
 def test_appending_keeps_the_rest_of_the_file(copy):
     path = copy / "registry.toml"
+    path.chmod(0o644)
     before = path.read_text()
     append_experiment(ledger_entry(summary()), path)
     append_experiment(ledger_entry(summary("worse", "--set lr=1e-2", {"lr": 0.01}, 0.05)), path)
     after = path.read_text()
     assert after.startswith(before)  # comments, order and layout survive
+    assert path.stat().st_mode & 0o777 == 0o644  # and so do its permissions
     doc = tomllib.loads(after)
     first, second = doc["experiments"]
     assert first["candidate_settings"] == {"posemb": "none"} and first["verdict"] == "better"
