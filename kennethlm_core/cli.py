@@ -587,10 +587,12 @@ def _print_comparison(s: dict[str, Any]) -> None:
         f"Δ {metric} {s['delta']:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}; {better} is better)"
     )
     console.print(
-        f"one-sided paired t-test: p(better) = {s['p_better']:.2g}, p(worse) = "
-        f"{s['p_worse']:.2g}; min effect {s['min_effect']:g}, alpha {s['alpha']:g}"
+        f"one-sided paired t-test: p(better) = {s['p_better']:.2g}, p(worse) = {s['p_worse']:.2g}"
     )
-    console.print(f"verdict: [bold {colour}]{s['verdict']}[/]")
+    console.print(
+        f"verdict: [bold {colour}]{s['verdict']}[/] "
+        f"(min effect {s['min_effect']:g}, alpha {s['alpha']:g})"
+    )
 
 
 def _record(summary: dict[str, Any], promote: bool) -> None:
