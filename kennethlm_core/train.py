@@ -508,10 +508,11 @@ def start_from(
         log(f"starting from {source} at step {meta['step']}: weights and optimizer state")
     else:
         model.load_state_dict(fits, strict=False)
-        new = sorted(set(own) - set(fits))
+        new, dropped = sorted(set(own) - set(fits)), sorted(set(weights) - set(fits))
         log(
             f"starting from {source} at step {meta['step']}: {len(fits)} of {len(own)} tensors "
-            f"(new: {', '.join(new) or 'none'}), a fresh optimizer"
+            f"(new: {', '.join(new) or 'none'}; dropped: {', '.join(dropped) or 'none'}), "
+            "a fresh optimizer"
         )
     rows = [r for r in read_metrics(source.parent) if r["step"] < meta["step"]]
     atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
