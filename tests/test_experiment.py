@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,7 @@ def test_compare_trains_both_arms_reuses_finished_runs_and_records(tmp_path, klm
     assert "verdict:" in out and "seed" in out
 
     # a rerun reuses every finished run; an unfinished one (a checkpoint, no summary) resumes
+    recorded = len(tomllib.loads((ledger / "registry.toml").read_text()).get("experiments", []))
     mtimes = {r: (r / "model.safetensors").stat().st_mtime_ns for rs in runs.values() for r in rs}
     (runs["candidate"][1] / "summary.json").unlink()
     code, out, err = compare(klm, folder, "--record")
@@ -218,17 +220,16 @@ def test_compare_trains_both_arms_reuses_finished_runs_and_records(tmp_path, klm
     again = json.loads((folder / "summary.json").read_text())
     assert again["arms"] == summary["arms"]  # the resumed run ends where it would have
 
-    import tomllib
-
     doc = tomllib.loads((ledger / "registry.toml").read_text())
-    (entry,) = doc["experiments"]
+    assert len(doc["experiments"]) == recorded + 1
+    entry = doc["experiments"][-1]
     assert entry["candidate"] == "--set lr=3e-3" and entry["verdict"] == summary["verdict"]
     assert entry["candidate_settings"] == {"lr": 3e-3} and entry["budget"] == {"steps": 10}
     assert entry["baseline_values"] == pytest.approx(values["baseline"], rel=1e-5)
     assert "--set lr=3e-3" in (ledger / "README.md").read_text()
     code, out, err = compare(klm, folder, "--record")
     assert code == 0 and "has this result already" in out
-    assert len(tomllib.loads((ledger / "registry.toml").read_text())["experiments"]) == 1
+    assert len(tomllib.loads((ledger / "registry.toml").read_text())["experiments"]) == recorded + 1
 
     # --init-from: both arms of every seed start from the given run's checkpoint
     from kennethlm_core.cli import parse_run_args
