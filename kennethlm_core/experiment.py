@@ -25,6 +25,7 @@ Running the same comparison again reuses finished runs and resumes interrupted o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -200,17 +201,20 @@ def candidate_settings(cfgs: dict[str, RunConfig]) -> dict[str, Any]:
 
 
 def default_folder(comp: Comparison, root: Path = Path("experiments")) -> Path:
-    """experiments/<baseline>-vs-<candidate>[-<shared settings>]-<budget>[-branch...]."""
+    """experiments/<baseline>-vs-<candidate>-<budget>[-branch...][-<shared settings>]; a long
+    name is cut and ends in a hash of the whole, so different comparisons never share one."""
     parts = [comp.baseline.text or "defaults", "vs", comp.candidate.text]
-    parts += [f"{k} {v}" for k, v in sorted(comp.settings().items())]
     parts.append(describe_budget(comp.budget()))
     if comp.branch_at is not None:
         parts.append(f"branch {comp.branch_at:g}")
     if comp.init_from is not None:
         parts.append(f"from {Path(comp.init_from).name}")
+    parts += [f"{k} {v}" for k, v in sorted(comp.settings().items())]
     text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", " ".join(parts).lower())  # dots only in numbers
     slug = re.sub(r"[^a-z0-9.]+", "-", text).strip("-")
-    return root / slug[:120].rstrip("-")
+    if len(slug) > 100:
+        slug = slug[:90].rstrip("-") + "-" + hashlib.sha256(slug.encode()).hexdigest()[:8]
+    return root / slug
 
 
 def describe_budget(budget: dict[str, Any]) -> str:

@@ -158,8 +158,13 @@ def test_the_default_folder_names_the_comparison():
     comp = comparison(Arm("--posemb none", None, {"posemb": "none"}), corpus="../data/c")
     comp.branch_at = 0.5
     assert default_folder(comp) == Path(
-        "experiments/baseline-vs-posemb-none-corpus-data-c-10-steps-branch-0.5"
+        "experiments/baseline-vs-posemb-none-10-steps-branch-0.5-corpus-data-c"
     )
+    comp.shared.update({f"option_{i}": i for i in range(20)})
+    long = default_folder(comp).name
+    assert len(long) <= 100 and long.startswith("baseline-vs-posemb-none-10-steps")
+    comp.shared["option_19"] = 0
+    assert default_folder(comp).name != long  # the hash tells them apart
 
 
 # -- klm compare end to end ------------------------------------------------------------------
