@@ -29,6 +29,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if path.exists():  # a replaced file keeps its permissions (README.md, registry.toml)
+            os.fchmod(fd, path.stat().st_mode & 0o7777)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -132,18 +134,27 @@ def save_checkpoint(
     atomic_write_bytes(path, save(tensors, metadata={"klm": json.dumps(klm)}))
 
 
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """All tensors of a checkpoint (``model.*``, ``optim.*``, ``rng.*``) and its metadata."""
+    path = Path(path)
+    tensors = _read(path)
+    try:
+        meta = _metadata(path)
+        if "param_groups" not in meta or "optim_scalars" not in meta:
+            raise KeyError
+    except Exception:
+        raise CheckpointError(f"{path} has no KennethLM metadata; it is not a checkpoint") from None
+    return tensors, meta
+
+
 def load_checkpoint(
     path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Restore model and optimizer in place; return (rng states, meta)."""
     path = Path(path)
-    tensors = _read(path)
-    try:
-        meta = _metadata(path)
-        groups = meta.pop("param_groups")
-        scalars = meta.pop("optim_scalars")
-    except Exception:
-        raise CheckpointError(f"{path} has no KennethLM metadata; it is not a checkpoint") from None
+    tensors, meta = read_checkpoint(path)
+    groups = meta.pop("param_groups")
+    scalars = meta.pop("optim_scalars")
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():

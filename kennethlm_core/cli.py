@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from kennethlm_core.errors import KLMError
+from kennethlm_core.experiment import ALPHA, MIN_EFFECT, STANDARD_STEPS
 
 SLOT_FLAGS = ("model", "attention", "posemb", "norm", "mlp", "optimizer", "schedule", "tokenizer")
 
@@ -480,6 +481,299 @@ def new_plugin(ctx, name, slot, directory):
     click.echo(f"test it:     .venv/bin/pytest {target}")
     flag = "klm eval RUN --task" if slot == "task" else f"klm run --{slot}"
     click.echo(f"try it:      {flag} {name}")
+
+
+# -- klm compare -----------------------------------------------------------------------------
+
+
+def _arm(option: str, text: str):
+    """An arm of a comparison: a recipe name, or klm run arguments in one string."""
+    import shlex
+
+    from kennethlm_core.experiment import Arm
+
+    text = text.strip()
+    if not text.startswith("-"):
+        return Arm(text, recipe=text or None)
+    try:
+        recipe, overrides = parse_run_args(shlex.split(text))
+    except click.UsageError as e:
+        raise KLMError(f"--{option} '{text}': {e.format_message()}") from None
+    except ValueError as e:
+        raise KLMError(f"--{option} '{text}': {e}") from None
+    return Arm(text, recipe, overrides)
+
+
+@cli.command()
+@run_options
+@click.option(
+    "--baseline",
+    default="record",
+    show_default=True,
+    metavar="RECIPE|ARGS",
+    help="A recipe in registry.toml, or klm run arguments in quotes.",
+)
+@click.option(
+    "--candidate",
+    required=True,
+    metavar="ARGS|RECIPE",
+    help="klm run arguments in quotes, applied on top of the baseline; or a recipe.",
+)
+@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds per arm.")
+@click.option(
+    "--metric",
+    default="bpb",
+    show_default=True,
+    help="Decision metric: bpb (final val_bpb) or TASK/METRIC of klm eval (sentiment/mcc).",
+)
+@click.option("--metric-data", help="Data for the metric's task (as klm eval --data).")
+@click.option(
+    "--min-effect",
+    type=float,
+    default=MIN_EFFECT,
+    show_default=True,
+    help="Smallest improvement accepted, in the metric's units.",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=ALPHA,
+    show_default=True,
+    help="Significance level of the one-sided tests.",
+)
+@click.option(
+    "--branch-at",
+    type=float,
+    metavar="FRACTION",
+    help="Start the candidate from the baseline's checkpoint at this fraction of the budget.",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path),
+    help="Start both arms from this run's checkpoint (the baseline arm is the control).",
+)
+@click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Experiment folder (default experiments/<baseline>-vs-<candidate>-...).",
+)
+@click.option("--force", is_flag=True, help="Replace runs made with another configuration.")
+@click.option("--record", is_flag=True, help="Append the result to registry.toml's ledger.")
+@click.option("--promote", is_flag=True, help="If better: make the candidate the record recipe.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the result table.")
+@click.pass_context
+def compare(
+    ctx,
+    baseline,
+    candidate,
+    seeds,
+    metric,
+    metric_data,
+    min_effect,
+    alpha,
+    branch_at,
+    init_from,
+    jobs,
+    out,
+    force,
+    record,
+    promote,
+    quiet,
+    **params,
+):
+    """Compare a candidate with a baseline over seeds: the improvement protocol.
+
+    Both arms train with the same seeds (same initial weights and batches) and the same budget;
+    the verdict comes from a one-sided paired t-test on the final metric. Any klm run flag given
+    here applies to both arms (--corpus, sizes, --set ...); the budget (--steps, --tokens or
+    --time) defaults to the standard comparison budget, --steps {steps}. --seed is the first
+    of the seeds (default 1).
+    Runs go to the experiment folder; running the same comparison again reuses finished runs
+    and resumes interrupted ones.
+
+    \b
+    klm compare --candidate "--posemb none"                     vs the record recipe
+    klm compare --baseline baseline --candidate "--set lr=3e-3" --corpus ../shared/data/corpus
+    klm compare --candidate "--posemb none" --branch-at 0.5     does it bend the trajectory?
+    """
+    from kennethlm_core import experiment
+    from kennethlm_core.config import BUDGET_KEYS
+
+    registry = _registry(ctx)
+    recipe, shared = overrides_from(params)
+    if recipe:
+        raise KLMError("klm compare takes the baseline as --baseline RECIPE, not --recipe")
+    if seeds < 2:
+        raise KLMError("--seeds must be at least 2 for a paired test; the protocol uses 5")
+    if jobs < 1:
+        raise KLMError("--jobs must be at least 1")
+    first = shared.pop("seed", 1)
+    comp = experiment.Comparison(
+        baseline=_arm("baseline", baseline),
+        candidate=_arm("candidate", candidate),
+        shared=shared,
+        seeds=list(range(first, first + seeds)),
+        metric=metric,
+        metric_data=metric_data,
+        min_effect=min_effect,
+        alpha=alpha,
+        branch_at=branch_at,
+        init_from=init_from,
+    )
+    console = _console(stderr=True)
+    say = (lambda message: None) if quiet else (lambda m: console.print(m, soft_wrap=True))
+    if not any(k in shared for k in BUDGET_KEYS):
+        shared["steps"] = STANDARD_STEPS
+    elif "time" in shared:
+        say("note: a --time budget makes the verdict depend on this machine's speed and load")
+    if promote and (comp.baseline.recipe != "record" or comp.baseline.overrides):
+        raise KLMError("--promote needs --baseline record: a new record must beat the old one")
+    folder = out or experiment.default_folder(comp)
+    say(f"experiment folder: {folder}")
+    summary = experiment.run_comparison(
+        comp,
+        folder,
+        registry=registry,
+        jobs=jobs,
+        force=force,
+        disabled=list((ctx.find_root().params or {}).get("disable_plugin") or ()),
+        say=say,
+    )
+    _print_comparison(summary)
+    click.echo(f"written to {folder / 'summary.json'} and {folder / 'trajectories.png'}")
+    if record or promote:
+        _record(summary, promote)
+
+
+compare.help = compare.help.replace("{steps}", str(STANDARD_STEPS))
+
+
+def _print_comparison(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    metric = "val_bpb" if s["metric"] == "bpb" else s["metric"]
+    base, cand = s["arms"]["baseline"], s["arms"]["candidate"]
+    table = Table("seed", f"baseline {metric}", f"candidate {metric}", "Δ", title=s["name"])
+    for seed, b, c in zip(s["seeds"], base["values"], cand["values"], strict=True):
+        table.add_row(str(seed), f"{b:.4f}", f"{c:.4f}", f"{c - b:+.4f}")
+    table.add_section()
+    table.add_row(
+        "mean ± std",
+        f"{base['mean']:.4f} ± {base['std']:.4f}",
+        f"{cand['mean']:.4f} ± {cand['std']:.4f}",
+        f"{s['delta']:+.4f} ± {s['delta_std']:.4f}",
+    )
+    table.add_row(
+        "tokens/s", f"{base['tokens_per_s']:,.0f}", f"{cand['tokens_per_s']:,.0f}", "", style="dim"
+    )
+    console = _console()
+    console.print(table)
+    lo, hi = s["delta_ci"]
+    colour = {"better": "green", "worse": "red"}.get(s["verdict"], "yellow")
+    better = "higher" if s["higher_is_better"] else "lower"
+    console.print(
+        f"Δ {metric} {s['delta']:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}; {better} is better)"
+    )
+    console.print(
+        f"one-sided paired t-test: p(better) = {s['p_better']:.2g}, p(worse) = {s['p_worse']:.2g}"
+    )
+    console.print(
+        f"verdict: [bold {colour}]{s['verdict']}[/] "
+        f"(min effect {s['min_effect']:g}, alpha {s['alpha']:g})"
+    )
+
+
+def _record(summary: dict[str, Any], promote: bool) -> None:
+    from kennethlm_core.config import registry_path
+    from kennethlm_core.registry import append_experiment, ledger_entry
+    from kennethlm_core.registry import promote as promote_entry
+
+    path = registry_path()
+    entry = ledger_entry(summary)
+    if not append_experiment(entry, path):
+        click.echo(f"{path} has this result already; not recorded again")
+        return
+    click.echo(f"recorded in {path} ({summary['verdict']})")
+    if promote and summary["verdict"] != "better":
+        print(
+            f"klm: not promoted: the verdict is {summary['verdict']}; only a better candidate "
+            "becomes the record",
+            file=sys.stderr,
+        )
+    elif promote:
+        run = Path(summary["arms"]["candidate"]["runs"][0])
+        config = json.loads((run / "config.json").read_text())
+        promote_entry(entry, config, path)
+        click.echo(f"promoted: {summary['candidate']} is part of the record recipe now")
+    _render_readme(path)
+
+
+def _render_readme(path: Path) -> None:
+    """Keep README.md's results tables in step with the ledger, when it has them."""
+    from kennethlm_core.registry import MARKERS, render_readme_file
+
+    readme = path.parent / "README.md"
+    if readme.exists() and MARKERS["results"][0] in readme.read_text(encoding="utf-8"):
+        if render_readme_file(readme, path):
+            click.echo(f"updated the results tables in {readme}")
+
+
+# -- klm plot --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="PNG file (default: trajectories.png in the one folder given, else here).",
+)
+@click.option("--title", help="Title above the panels.")
+def plot(paths, out, title):
+    """Plot val_bpb against tokens and time for runs or experiments (a band over seeds)."""
+    from kennethlm_core.plots import plot_paths
+
+    for path in paths:
+        if not path.is_dir():
+            raise KLMError(f"{path} is not a folder; give run or experiment folders")
+    out = out or (paths[0] if len(paths) == 1 else Path(".")) / "trajectories.png"
+    click.echo(f"written to {plot_paths(list(paths), out, title)}")
+
+
+# -- klm registry ----------------------------------------------------------------------------
+
+
+@cli.group()
+def registry():
+    """The ledger in registry.toml ($KLM_REGISTRY overrides where it is)."""
+
+
+@registry.command("render")
+@click.option(
+    "--readme",
+    type=click.Path(path_type=Path),
+    help="The README to update (default: README.md beside registry.toml).",
+)
+@click.option("--check", is_flag=True, help="Only check: exit 1 when the tables are stale.")
+def registry_render(readme, check):
+    """Write the results and negative results tables into README.md from the ledger."""
+    from kennethlm_core.config import load_registry_doc, registry_path
+    from kennethlm_core.registry import render_readme, render_readme_file
+
+    path = registry_path()
+    readme = readme or path.parent / "README.md"
+    if not readme.exists():
+        raise KLMError(f"{readme} does not exist; give --readme PATH")
+    if check:
+        text = readme.read_text(encoding="utf-8")
+        if render_readme(text, load_registry_doc(path)) != text:
+            print(f"klm: {readme} disagrees with {path}; run klm registry render", file=sys.stderr)
+            sys.exit(1)
+        click.echo(f"{readme} agrees with {path}")
+        return
+    changed = render_readme_file(readme, path)
+    click.echo(f"{'updated' if changed else 'already up to date:'} {readme}")
 
 
 # -- entry point -----------------------------------------------------------------------------

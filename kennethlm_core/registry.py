@@ -1,10 +1,19 @@
-"""registry.toml: recipes and the ledger of experiments, as the rest of KennethLM reads them."""
+"""registry.toml: recipes and the ledger of experiments, as the rest of KennethLM reads them.
+
+The ledger is written with tomlkit, which keeps the file's comments, order and layout: an
+experiment is appended as one ``[[experiments]]`` table, a promotion edits ``[recipes.record]``
+in place, and every write replaces the file atomically. README.md's results tables are
+generated from the ledger (``klm registry render``), between marker comments.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
-from kennethlm_core.config import RunConfig
+from kennethlm_core.config import RunConfig, registry_path
+from kennethlm_core.errors import ConfigError
 
 VERDICT_STATUS = {"better": "accepted", "worse": "negative", "inconclusive": "negative"}
 
@@ -20,3 +29,226 @@ def component_status(doc: dict[str, Any], slot: str, name: str) -> str:
         if exp.get("candidate_settings", {}).get(slot) == name:
             return VERDICT_STATUS.get(exp.get("verdict", ""), exp.get("verdict", "?"))
     return "untested" if slot in defaults else "-"
+
+
+# -- the ledger ------------------------------------------------------------------------------
+
+
+def _num(x: float) -> float:
+    """Six significant digits: enough for any difference the protocol can detect."""
+    return float(f"{x:.6g}")
+
+
+def ledger_entry(summary: dict[str, Any]) -> dict[str, Any]:
+    """The [[experiments]] entry of a comparison's summary.json (flat, TOML-friendly)."""
+    arms = summary["arms"]
+    entry: dict[str, Any] = {
+        "name": summary["name"],
+        "date": summary["date"],
+        "commit": summary["commit"],
+        "machine": summary["machine"],
+        "baseline": summary["baseline"],
+        "candidate": summary["candidate"],
+        "candidate_settings": summary["candidate_settings"],
+        "shared_settings": summary["shared_settings"],
+        "budget": summary["budget"],
+        "seeds": summary["seeds"],
+        "metric": summary["metric"],
+        "higher_is_better": summary["higher_is_better"],
+    }
+    for key in ("branch_at", "init_from"):
+        if summary.get(key) is not None:
+            entry[key] = summary[key]
+    for arm in ("baseline", "candidate"):
+        entry[f"{arm}_values"] = [_num(v) for v in arms[arm]["values"]]
+        entry[f"{arm}_mean"] = _num(arms[arm]["mean"])
+        entry[f"{arm}_std"] = _num(arms[arm]["std"])
+        entry[f"{arm}_tokens_per_s"] = round(arms[arm]["tokens_per_s"])
+    entry.update(
+        delta=_num(summary["delta"]),
+        delta_ci=[_num(v) for v in summary["delta_ci"]],
+        p=_num(summary["p"]),
+        min_effect=summary["min_effect"],
+        alpha=summary["alpha"],
+        verdict=summary["verdict"],
+    )
+    return entry
+
+
+def _read(path: Path):
+    import tomlkit
+
+    try:
+        return tomlkit.parse(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return tomlkit.document()
+    except Exception as e:
+        raise ConfigError(f"{path} is not valid TOML ({e}); fix or restore it") from None
+
+
+def _write(path: Path, doc) -> None:
+    import tomlkit
+
+    from kennethlm_core.checkpoint import atomic_write_text
+
+    atomic_write_text(path, tomlkit.dumps(doc))
+
+
+def _toml(value: Any):
+    """Dicts become inline tables, so an entry stays one block under [[experiments]]."""
+    import tomlkit
+
+    if isinstance(value, dict):
+        table = tomlkit.inline_table()
+        table.update({k: _toml(v) for k, v in value.items()})
+        return table
+    return value
+
+
+def append_experiment(entry: dict[str, Any], path: Path | None = None) -> bool:
+    """Add an [[experiments]] table at the end of registry.toml; the rest stays as it was.
+    False, and nothing written, when the same result is in the ledger already."""
+    import tomlkit
+
+    path = path or registry_path()
+    doc = _read(path)
+    same = ("name", "commit", "baseline_values", "candidate_values", "verdict")
+    for exp in doc.get("experiments", []):
+        if all(exp.get(k) == entry[k] for k in same):
+            return False
+    if "experiments" not in doc:
+        doc.add(tomlkit.nl())
+        doc.add("experiments", tomlkit.aot())
+    table = tomlkit.table()
+    for key, value in entry.items():
+        table.add(key, _toml(value))
+    doc["experiments"].append(table)
+    _write(path, doc)
+    return True
+
+
+def promote(
+    entry: dict[str, Any], candidate_config: dict[str, Any], path: Path | None = None
+) -> dict[str, Any]:
+    """Make a `better` candidate the `record` recipe; the old record goes into its ledger entry
+    (which must be the last one, just appended). Settings the candidate's configuration no
+    longer has (an option of a component it replaced) leave the recipe. Returns the new record.
+    """
+    import tomlkit
+
+    path = path or registry_path()
+    doc = _read(path)
+    record = doc.get("recipes", {}).get("record")
+    if record is None:
+        raise ConfigError(f"{path} has no [recipes.record] to replace")
+    last = doc["experiments"][-1] if "experiments" in doc else None
+    if last is None or last.get("name") != entry["name"] or last.get("verdict") != "better":
+        raise ConfigError("only a comparison just recorded with the verdict 'better' is promoted")
+    previous = tomlkit.table()
+    previous.update(record.unwrap())
+    for key in [k for k in record if k != "description" and k not in candidate_config]:
+        del record[key]
+    for key, value in entry["candidate_settings"].items():
+        record[key] = _toml(value)
+    record["description"] = (
+        f"the best recipe so far: {entry['candidate']} on top of the previous record "
+        f"(experiment {entry['name']}, {entry['date']})"
+    )
+    last["promoted"] = True
+    last["previous_record"] = previous
+    _write(path, doc)
+    return record.unwrap()
+
+
+# -- README tables ---------------------------------------------------------------------------
+
+MARKERS = {
+    "results": ("<!-- results:begin (klm registry render) -->", "<!-- results:end -->"),
+    "negative": (
+        "<!-- negative-results:begin (klm registry render) -->",
+        "<!-- negative-results:end -->",
+    ),
+}
+
+
+def _settings(value: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in value.items())
+
+
+def _budget(exp: dict[str, Any]) -> str:
+    from kennethlm_core.experiment import describe_budget
+
+    text = describe_budget(exp.get("budget", {}))
+    if exp.get("branch_at") is not None:
+        text += f", branched at {exp['branch_at']:g}"
+    return text
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def render_tables(doc: dict[str, Any]) -> dict[str, str]:
+    """{'results': markdown, 'negative': markdown} from the ledger."""
+    exps = list(doc.get("experiments", []))
+    accepted = [e for e in exps if e.get("verdict") == "better"]
+    negative = [e for e in exps if e.get("verdict") in ("worse", "inconclusive")]
+
+    def row(e: dict[str, Any], *extra: str) -> str:
+        lo, hi = e["delta_ci"]
+        cells = [
+            f"`{_cell(e['candidate'])}`",
+            f"`{_cell(e['baseline'])}`",
+            _cell(_settings(e.get("shared_settings", {})) or "-"),
+            _budget(e),
+            str(len(e["seeds"])),
+            e["metric"],
+            *extra,
+            f"{e['delta']:+.4f}",
+            f"[{lo:+.4f}, {hi:+.4f}]",
+            f"{e['p']:.2g}",
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+    head = "| candidate | baseline | settings | budget | seeds | metric |"
+    tail = " Δ | 95% CI | p |"
+    if accepted:
+        lines = [head + tail + " date | commit |", "|---" * 11 + "|"]
+        lines += [row(e) + f" {e['date']} | {e['commit']} |" for e in accepted]
+        results = "\n".join(lines)
+    else:
+        results = "No accepted improvements yet."
+    if negative:
+        lines = [head + " baseline | candidate |" + tail + " verdict |", "|---" * 12 + "|"]
+        for e in negative:
+            arms = [
+                f"{e[f'{a}_mean']:.4f} ± {e[f'{a}_std']:.4f}" for a in ("baseline", "candidate")
+            ]
+            lines.append(row(e, *arms) + f" {e['verdict']} |")
+        negatives = "\n".join(lines)
+    else:
+        negatives = "No negative results yet."
+    return {"results": results, "negative": negatives}
+
+
+def render_readme(readme: str, doc: dict[str, Any]) -> str:
+    """README text with the tables between the markers replaced by the ledger's."""
+    tables = render_tables(doc)
+    for key, (begin, end) in MARKERS.items():
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        if not pattern.search(readme):
+            raise ConfigError(f"README has no '{begin}' ... '{end}' markers for the {key} table")
+        readme = pattern.sub(lambda m, k=key, b=begin, e=end: f"{b}\n{tables[k]}\n{e}", readme)
+    return readme
+
+
+def render_readme_file(readme: Path, registry: Path | None = None) -> bool:
+    """Rewrite README's tables from registry.toml; True when the file changed."""
+    from kennethlm_core.checkpoint import atomic_write_text
+    from kennethlm_core.config import load_registry_doc
+
+    old = readme.read_text(encoding="utf-8")
+    new = render_readme(old, load_registry_doc(registry or registry_path()))
+    if new != old:
+        atomic_write_text(readme, new)
+    return new != old

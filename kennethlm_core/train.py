@@ -31,8 +31,10 @@ from kennethlm_core.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+    read_checkpoint,
     save_checkpoint,
     save_weights,
+    unique_state,
 )
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, coerce, resolve
 from kennethlm_core.data import Batches, format_mix, mix_weights, prepare_data
@@ -174,6 +176,8 @@ def init_run_dir(out: Path, cfg: RunConfig) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+    for path in out.glob("checkpoint-*.safetensors"):  # snapshots (snapshot_at)
+        path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
 
@@ -256,20 +260,27 @@ def train(
     registry: Any = None,
     resume: bool = False,
     force: bool = False,
+    init_from: str | Path | None = None,
+    snapshot_at: int | None = None,
     log: Callable[[str], None] = lambda msg: None,
     progress: Any = None,
     on_eval: Callable[[dict[str, Any]], None] = lambda row: None,
 ) -> dict[str, Any]:
     """Train one run into folder ``out`` and return its summary.
 
-    ``cfg`` must be resolved (config.resolve). ``progress`` receives
-    ``progress(clock, fraction, train_loss, val_bpb, tokens_per_s)`` every few steps;
-    ``on_eval`` receives each row written to metrics.jsonl.
+    ``cfg`` must be resolved (config.resolve). ``init_from`` (a run folder or a checkpoint
+    file) starts a new run from another run's state, see ``start_from``. ``snapshot_at`` keeps
+    a copy of the checkpoint taken at that step (``snapshot_path``): a branch point for other
+    runs. ``progress`` receives ``progress(clock, fraction, train_loss, val_bpb,
+    tokens_per_s)`` every few steps; ``on_eval`` receives each row written to metrics.jsonl.
     """
     from kennethlm_core.plugins import get_registry
 
     registry = registry or get_registry()
     out = Path(out)
+    if resume and init_from is not None:
+        raise ConfigError("a resumed run continues its own checkpoint; drop init_from")
+    source = branch_source(init_from, cfg) if init_from is not None else None
     preflight(cfg, registry)
     if not resume:
         check_run_dir(out, cfg, force)
@@ -279,9 +290,9 @@ def train(
     autocast, dtype = autocast_context(device, cfg.dtype)
 
     tokenizer = None
-    if resume:
+    if resume or source:  # the weights belong to this tokenizer
         tokenizer = registry.get("tokenizer", cfg.tokenizer).factory(cfg)
-        tokenizer.load(out / "tokenizer")
+        tokenizer.load((source.parent if source else out) / "tokenizer")
     data = prepare_data(cfg, registry, tokenizer=tokenizer, log=log)
     tokenizer = data.tokenizer
     mix = mix_weights(cfg.mix, data.train, cfg.block_size)
@@ -302,17 +313,24 @@ def train(
     )
     clock = Clock()
     metrics_path = out / "metrics.jsonl"
+    init_info = None  # where a run started from another run's checkpoint: {checkpoint, step}
+    rng: dict[str, torch.Tensor] | None = None
 
     if resume:
         rng, meta = load_checkpoint(out / CHECKPOINT, model, optimizer)
         clock = Clock(meta["step"], meta["tokens"], meta["train_time_s"])
         loss_sum_saved, loss_steps_saved = meta.get("loss_sum", 0.0), meta.get("loss_steps", 0)
+        init_info = meta.get("init_from")
+        _truncate_metrics(metrics_path, clock.step)
+        log(f"resuming {out} at step {clock.step}")
+    elif source:
+        clock, rng = start_from(source, cfg, model, optimizer, metrics_path, log)
+        init_info = {"checkpoint": str(source), "step": clock.step}
+    if rng is not None:
         torch.set_rng_state(rng["torch"])
         if device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"])
         batches.set_state(rng["batches"])
-        _truncate_metrics(metrics_path, clock.step)
-        log(f"resuming {out} at step {clock.step}")
 
     step_fn = torch.compile(model) if cfg.compile else model
 
@@ -321,7 +339,7 @@ def train(
             model, val_slice, cfg.block_size, tokenizer.doc_id, device, autocast=autocast
         ).bpb
 
-    def checkpoint() -> None:
+    def checkpoint(path: Path = out / CHECKPOINT) -> None:
         rng = {"torch": torch.get_rng_state(), "batches": batches.state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
@@ -331,8 +349,9 @@ def train(
             "train_time_s": clock.train_time,
             "loss_sum": loss_sum.item(),
             "loss_steps": loss_steps,
+            "init_from": init_info,
         }
-        save_checkpoint(out / CHECKPOINT, model, optimizer, rng, meta)
+        save_checkpoint(path, model, optimizer, rng, meta)
         nonlocal last_checkpoint
         last_checkpoint = clock.step
 
@@ -350,12 +369,15 @@ def train(
     if resume:
         loss_sum.fill_(loss_sum_saved)
         loss_steps = loss_steps_saved
-    skip_first_eval = resume  # the resumed step's evaluation is already in metrics.jsonl
+    # The first step's evaluation: a resumed run has it in metrics.jsonl already; a run started
+    # from another run's checkpoint is evaluated where it starts, on or off the schedule.
+    first_eval = False if resume else True if source else None
     with StopFlag() as stop:
         model.train()
         while True:
             finished = bool(done())
-            if (clock.step % cfg.eval_every == 0 or finished) and not skip_first_eval:
+            scheduled = clock.step % cfg.eval_every == 0 or finished
+            if scheduled if first_eval is None else first_eval:
                 train_loss = (loss_sum / loss_steps).item() if loss_steps else float("nan")
                 if loss_steps and not math.isfinite(train_loss):
                     raise _non_finite(clock, last_checkpoint, cfg, out)
@@ -365,7 +387,9 @@ def train(
                 loss_sum.zero_()
                 loss_steps = 0
                 checkpoint()
-            skip_first_eval = False
+            first_eval = None
+            if clock.step == snapshot_at:
+                checkpoint(snapshot_path(out, clock.step))
             if finished:
                 break
             if stop.signal is not None:
@@ -426,9 +450,82 @@ def train(
         "torch": torch.__version__,
         "vocab_size": tokenizer.vocab_size,
         "train_tokens": len(data.train.tokens),
+        "init_from": init_info,
     }
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def snapshot_path(run_dir: str | Path, step: int) -> Path:
+    """Where ``train(snapshot_at=step)`` keeps the checkpoint taken at ``step``."""
+    return Path(run_dir) / f"checkpoint-{step}.safetensors"
+
+
+def branch_source(init_from: str | Path, cfg: RunConfig) -> Path:
+    """The checkpoint file of ``init_from`` (a run folder or a checkpoint), checked against cfg."""
+    path = Path(init_from)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    config = path.parent / "config.json"
+    if not path.exists() or not config.exists():
+        raise CheckpointError(
+            f"init_from {init_from}: no checkpoint of a run there; give a run folder made by "
+            "klm run or one of its checkpoint*.safetensors files"
+        )
+    src = json.loads(config.read_text())
+    for key in ("tokenizer", "vocab_size"):
+        if src.get(key) != cfg.get(key):
+            raise ConfigError(
+                f"init_from {init_from}: its {key} is {src.get(key)!r}, this run's is "
+                f"{cfg.get(key)!r}; a run can only start from weights of the same tokenizer"
+            )
+    return path
+
+
+def start_from(
+    source: Path,
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    metrics_path: Path,
+    log: Callable[[str], None],
+) -> tuple[Clock, dict[str, torch.Tensor] | None]:
+    """Load another run's checkpoint into a new run; return its clock and random state.
+
+    Weights are copied by name where the shapes agree; the others keep their fresh
+    initialisation, so a candidate that adds or drops a tensor (RoPE drops the learned position
+    table) can still start there. The optimizer state comes along when the model and the
+    optimizer are the same, with this run's hyperparameters (lr, betas, ...). The clock and the
+    metrics before that step continue from the source, so the trajectory is one line. The
+    random state (data order, dropout) is the source's when the seeds agree, so the new run sees
+    the batches the source saw next; with another seed (None) it comes from that seed.
+    """
+    src = json.loads((source.parent / "config.json").read_text())
+    tensors, meta = read_checkpoint(source)
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    own = unique_state(model)
+    fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise CheckpointError(f"init_from {source}: none of its weights fit this model")
+    if len(fits) == len(weights) == len(own) and src.get("optimizer") == cfg.optimizer:
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        load_checkpoint(source, model, optimizer)
+        for group, values in zip(optimizer.param_groups, hyper, strict=True):
+            group.update(values)
+        log(f"starting from {source} at step {meta['step']}: weights and optimizer state")
+    else:
+        model.load_state_dict(fits, strict=False)
+        new, dropped = sorted(set(own) - set(fits)), sorted(set(weights) - set(fits))
+        log(
+            f"starting from {source} at step {meta['step']}: {len(fits)} of {len(own)} tensors "
+            f"(new: {', '.join(new) or 'none'}; dropped: {', '.join(dropped) or 'none'}), "
+            "a fresh optimizer"
+        )
+    rows = [r for r in read_metrics(source.parent) if r["step"] < meta["step"]]
+    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    rng = {k[len("rng.") :]: v for k, v in tensors.items() if k.startswith("rng.")}
+    clock = Clock(meta["step"], meta["tokens"], meta["train_time_s"])
+    return clock, rng if src.get("seed") == cfg.seed else None
 
 
 def _non_finite(clock: Clock, last_good: int, cfg: RunConfig, out: Path) -> NonFiniteLoss:

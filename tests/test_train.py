@@ -140,3 +140,63 @@ def test_non_finite_loss_stops_with_advice_and_keeps_the_checkpoint(tmp_path):
     with safe_open(tmp_path / "x" / "checkpoint.safetensors", framework="pt") as f:
         assert json.loads(f.metadata()["klm"])["step"] == 10
         assert torch.isfinite(f.get_tensor("model.wte.weight")).all()
+
+
+# -- starting from another run's checkpoint (klm compare --branch-at, --init-from) ------------
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """A 40-step run that keeps its checkpoint of step 20."""
+    from kennethlm_core.plugins import get_registry
+
+    registry = get_registry()
+    out = tmp_path_factory.mktemp("straight") / "run"
+    cfg = tiny_config(registry, steps=40, dropout=0.1)
+    train(cfg, out, registry=registry, snapshot_at=20)
+    return cfg, out
+
+
+def test_a_branch_with_the_same_settings_continues_exactly(straight, tmp_path, registry):
+    from kennethlm_core.train import snapshot_path
+
+    cfg, run = straight
+    summary = train(cfg, tmp_path / "b", registry=registry, init_from=snapshot_path(run, 20))
+    branch, source = read_metrics(tmp_path / "b"), read_metrics(run)
+    assert branch[:2] == source[:2]  # copied from the source
+    assert branch[2]["step"] == 20 and branch[2]["val_bpb"] == source[2]["val_bpb"]
+    assert losses(tmp_path / "b")[3:] == losses(run)[3:]  # then the very same steps
+    assert summary["val_bpb"] == json.loads((run / "summary.json").read_text())["val_bpb"]
+    assert summary["init_from"]["step"] == 20 and summary["steps"] == 40
+
+
+def test_a_branch_keeps_its_own_hyperparameters(straight, tmp_path, registry):
+    from kennethlm_core.train import snapshot_path
+
+    cfg, run = straight
+    train(cfg.replace(lr=3e-3), tmp_path / "b", registry=registry, init_from=snapshot_path(run, 20))
+    lr = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "b")}
+    source = {r["step"]: r["lr"] for r in read_metrics(run)}
+    assert lr[30] == pytest.approx(3 * source[30])  # same schedule, three times the peak
+
+
+def test_a_branch_with_another_architecture_copies_what_fits(straight, tmp_path, registry):
+    cfg, run = straight
+    messages = []
+    other = tiny_config(registry, steps=60, dropout=0.1, posemb="none")
+    summary = train(other, tmp_path / "b", registry=registry, init_from=run, log=messages.append)
+    assert any("new: none; dropped: posemb.wpe.weight" in m for m in messages)
+    rows = read_metrics(tmp_path / "b")
+    assert [r["step"] for r in rows] == [0, 10, 20, 30, 40, 50, 60]
+    assert rows[:4] == read_metrics(run)[:4]
+    assert rows[4]["val_bpb"] != read_metrics(run)[4]["val_bpb"]  # no position table now
+    assert summary["init_from"]["step"] == 40 and summary["steps"] == 60
+
+
+def test_a_branch_needs_the_same_tokenizer(straight, tmp_path, registry):
+    from kennethlm_core.errors import ConfigError
+
+    cfg, run = straight
+    with pytest.raises(ConfigError, match="its tokenizer is 'char'.*same tokenizer"):
+        train(cfg.replace(tokenizer="byte"), tmp_path / "b", registry=registry, init_from=run)
+    assert not (tmp_path / "b").exists()

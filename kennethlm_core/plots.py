@@ -1,0 +1,140 @@
+"""Trajectories: val_bpb against training tokens and against training time, a band over seeds.
+
+Runs are grouped for the plot: the ``seed-<s>`` folders under one folder (an arm of an
+experiment) form one group, drawn as the mean over seeds with a band of one standard
+deviation; any other run is a group of its own. A run that started from another run's
+checkpoint (a branch of a comparison) has its starting point marked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kennethlm_core.errors import KLMError
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+
+
+def run_groups(paths: list[str | Path]) -> dict[str, list[Path]]:
+    """{label: run folders}: each path is a run folder or a folder with runs below it."""
+    groups: dict[str, list[Path]] = {}
+    for given in map(Path, paths):
+        if (given / "metrics.jsonl").exists():
+            runs = [given]
+        else:
+            runs = sorted(m.parent for m in given.rglob("metrics.jsonl"))
+        if not runs:
+            raise KLMError(f"{given}: no runs there (no metrics.jsonl in it or below it)")
+        for run in runs:
+            member = run.name.startswith("seed-")
+            label = (run.parent if member else run).name
+            if len(paths) > 1 and run != given and run.parent != given:
+                label = f"{given.name}/{label}"
+            groups.setdefault(label, []).append(run)
+    return groups
+
+
+def plot_paths(paths: list[str | Path], out: str | Path, title: str | None = None) -> Path:
+    """Draw the runs found under ``paths`` into ``out`` (a PNG). An experiment folder's
+    summary.json gives the title: the verdict and its numbers."""
+    groups = run_groups(paths)
+    s = experiment_summary(Path(paths[0])) if len(paths) == 1 else None
+    if s is None:
+        return plot_groups(groups, out, title or "")
+    groups = {f"{arm}: {s[arm]}" if arm in s else arm: runs for arm, runs in groups.items()}
+    return plot_groups(groups, out, experiment_title(s) if title is None else title)
+
+
+def experiment_summary(folder: Path) -> dict | None:
+    """The summary.json of an experiment folder (klm compare), if it is one."""
+    path = folder / "summary.json"
+    if not path.exists():
+        return None
+    s = json.loads(path.read_text())
+    return s if "verdict" in s else None
+
+
+def experiment_title(s: dict) -> str:
+    lo, hi = s["delta_ci"]
+    metric = "val_bpb" if s["metric"] == "bpb" else s["metric"]
+    return (
+        f"{s['candidate']} vs {s['baseline']} ({len(s['seeds'])} seeds): Δ {metric} "
+        f"{s['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}], p = {s['p']:.2g}: {s['verdict']}"
+    )
+
+
+def plot_groups(groups: dict[str, list[Path]], out: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import EngFormatter
+
+    from kennethlm_core.train import read_metrics
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True, layout="constrained")
+    low, high = [], []
+    for i, (label, runs) in enumerate(groups.items()):
+        color = COLORS[i % len(COLORS)]
+        tables = [{r["step"]: r for r in read_metrics(run)} for run in runs]
+        start = branch_step(runs)  # before it, a branch's metrics are its source's: not drawn
+        steps = sorted(s for s in set.intersection(*(set(t) for t in tables)) if s >= (start or 0))
+        if not steps:
+            raise KLMError(f"the runs of {label} have no evaluation step in common")
+        vals = np.array([[t[s]["val_bpb"] for s in steps] for t in tables])
+        tokens = np.array([tables[0][s]["tokens"] for s in steps])
+        seconds = np.array([[t[s]["train_time_s"] for s in steps] for t in tables]).mean(axis=0)
+        mean = vals.mean(axis=0)
+        std = vals.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
+        name = f"{label} ({len(runs)} seeds)" if len(runs) > 1 else label
+        for ax, x in zip(axes, (tokens, seconds), strict=True):
+            ax.plot(x, mean, color=color, lw=1.8, marker="o", ms=3, label=name)
+            if len(runs) > 1:
+                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        if start is not None:
+            for ax, x in zip(axes, (tokens[0], seconds[0]), strict=True):
+                ax.axvline(x, color=color, ls=":", lw=1.2)
+                ax.annotate(
+                    "branch point",
+                    (x, 0.98),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    va="top",
+                    fontsize=8,
+                    color=color,
+                )
+        later = np.array(steps) > 0  # the untrained model's ~8 bits would flatten the rest
+        if later.any():
+            low.append((mean - std)[later].min())
+            high.append((mean + std)[later].max())
+    if low:
+        pad = 0.05 * (max(high) - min(low) or 1.0)
+        axes[0].set_ylim(min(low) - pad, max(high) + pad)
+    axes[0].set_xlabel("training tokens")
+    axes[0].xaxis.set_major_formatter(EngFormatter(sep=""))
+    axes[1].set_xlabel("training time (s)")
+    axes[0].set_ylabel("val_bpb (fixed validation slice)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(frameon=False)
+    band = " · band: ±1 sd over seeds" if any(len(r) > 1 for r in groups.values()) else ""
+    fig.suptitle((title + "\n" if title else "") + f"val_bpb during training{band}", fontsize=10)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def branch_step(runs: list[Path]) -> int | None:
+    """The step a group's runs started at, when they started from another run's checkpoint."""
+    for run in runs:
+        path = run / "summary.json"
+        if path.exists():
+            start = json.loads(path.read_text()).get("init_from")
+            if start:
+                return start["step"]
+    return None
