@@ -219,6 +219,21 @@ def parse_mix(text: str) -> dict[str, float]:
 # -- recipes -----------------------------------------------------------------------------
 
 
+def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
+    """Whether a run folder's config.json describes the run `cfg` asks for.
+
+    `threads` (how many cores a run used) is not part of what a run is, and a run that asks for
+    the natural mix matches the resolved weights that config.json records for it.
+    """
+    wanted = cfg.to_dict()
+    saved = dict(saved)
+    if not cfg.mix:
+        saved["mix"] = ""
+    saved.pop("threads", None)
+    wanted.pop("threads", None)
+    return saved == wanted
+
+
 def registry_path() -> Path:
     """registry.toml: $KLM_REGISTRY, else the one at the root of the source checkout."""
     env = os.environ.get("KLM_REGISTRY")

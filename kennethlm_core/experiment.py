@@ -40,7 +40,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from kennethlm_core.config import BUDGET_KEYS, RunConfig, build_config, resolve
+from kennethlm_core.config import BUDGET_KEYS, RunConfig, build_config, resolve, same_config
 from kennethlm_core.errors import ConfigError, KLMError
 
 ARMS = ("baseline", "candidate")
@@ -265,14 +265,6 @@ class Job:
                 "disabled": list(disabled),
             }
         )
-
-
-def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
-    """Equal configurations, ignoring `threads` (how many cores a run used, not what it is)."""
-    ignore = {"threads"}
-    return {k: v for k, v in saved.items() if k not in ignore} == {
-        k: v for k, v in cfg.to_dict().items() if k not in ignore
-    }
 
 
 def run_state(job: Job, init_step: int | None, force: bool) -> str:

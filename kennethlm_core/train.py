@@ -36,7 +36,7 @@ from kennethlm_core.checkpoint import (
     save_weights,
     unique_state,
 )
-from kennethlm_core.config import BUDGET_KEYS, RunConfig, coerce, resolve
+from kennethlm_core.config import BUDGET_KEYS, RunConfig, coerce, resolve, same_config
 from kennethlm_core.data import Batches, format_mix, mix_weights, prepare_data
 from kennethlm_core.errors import CheckpointError, ConfigError, KLMError
 from kennethlm_core.evaluate import bits_per_byte
@@ -155,10 +155,7 @@ def check_run_dir(out: Path, cfg: RunConfig, force: bool) -> None:
             f"--out {out} is a non-empty folder that is not a run; choose another --out"
         )
     try:
-        saved = json.loads(existing.read_text())
-        if not cfg.mix:  # the natural mix is written out, resolved, when a run starts
-            saved["mix"] = ""
-        same = saved == cfg.to_dict()
+        same = same_config(json.loads(existing.read_text()), cfg)
     except json.JSONDecodeError:
         same = False
     what = "this configuration" if same else "another configuration"
