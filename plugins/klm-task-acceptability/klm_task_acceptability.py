@@ -228,20 +228,18 @@ class AcceptabilityTask(Task):
             raise DataError(f"{source}: no sentence could be corrupted (need 3+ words)")
         texts = [text for _, a, b in pairs for text in (a, b)]
         if labelled is None:  # the pairs are the classification set too
-            labelled = [(text, i % 2 == 0) for i, text in enumerate(texts)]
+            scored, labelled = texts, [(text, i % 2 == 0) for i, text in enumerate(texts)]
         else:
-            labelled = sample_rows(labelled, 2 * limit, key="text")
-            labelled = [(r["text"], r["ok"]) for r in labelled]
-        scores = lm.score_many([("", t) for t in texts + [t for t, _ in labelled]])
-        pair_lp = np.array(scores[: len(texts)]).reshape(-1, 2)
+            labelled = [(r["text"], r["ok"]) for r in sample_rows(labelled, 2 * limit, key="text")]
+            scored = texts + [text for text, _ in labelled]
+        lp = dict(zip(scored, lm.score_many([("", t) for t in scored]), strict=True))
+        pair_lp = np.array([lp[t] for t in texts]).reshape(-1, 2)
         nbytes = np.array([len(t.encode("utf-8")) for t in texts]).reshape(-1, 2)
         kinds = np.array([k for k, _, _ in pairs])
-        gold = [0] * len(pairs)
-        credit, _ = choose(pair_lp, gold)
-        credit_pb, _ = choose(pair_lp / nbytes, gold)
+        credit, _ = choose(pair_lp, [0] * len(pairs))
+        credit_pb, _ = choose(pair_lp / nbytes, [0] * len(pairs))
 
-        cls_lp = np.array(scores[len(texts) :])
-        per_byte = cls_lp / np.array([len(t.encode("utf-8")) for t, _ in labelled])
+        per_byte = np.array([lp[t] / len(t.encode("utf-8")) for t, _ in labelled])
         said_ok = per_byte >= np.median(per_byte)
         is_ok = np.array([ok for _, ok in labelled])
         metrics = {"accuracy": mean_metric(credit, 0.5)}

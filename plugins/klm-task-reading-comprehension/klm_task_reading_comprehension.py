@@ -12,7 +12,11 @@ Two scores, both from that prompt:
   (up to ``N_CANDIDATES`` in all, drawn with a seeded generator, each at most twice as many
   tokens as the gold answer and at most half the context unless the gold is longer),
   ranked by log-likelihood after the prompt; ties count 1/k.
-  Chance is the mean of 1/candidates.
+  Chance is the mean of 1/candidates. Raw log-likelihood favours frequent words, and gold
+  answers are often rare ones (names, numbers), so ``rank_accuracy_pmi`` ranks by how much
+  the question raises each span's log-likelihood: the score after the prompt minus the score
+  after the same prompt without the question (pointwise mutual information, as in Holtzman
+  et al., 2021). This is the number that moves for small models.
 - ``f1`` and ``exact_match``: greedy generation (up to the end of the line, and at most as
   many tokens as the longest candidate may have) scored SQuAD-style against every gold
   answer: lower case, no punctuation, no articles (en, et, den, det, de), no extra spaces;
@@ -126,9 +130,19 @@ class ReadingComprehensionTask(Task):
             examples.append((prompt, cands, golds))
             caps.append(cap)
             ways[way] += 1
-        flat = iter(lm.score_many([(p, " " + c) for p, cands, _ in examples for c in cands]))
-        scores = [[next(flat) for _ in cands] for _, cands, _ in examples]
+        # each candidate after the prompt, and after the prompt without its question
+        pairs = []
+        for prompt, cands, _ in examples:
+            free = prompt[: prompt.rindex("Spørgsmål: ")] + prompt_of(None, "")
+            pairs += [(q, " " + c) for q in (prompt, free) for c in cands]
+        flat = iter(lm.score_many(pairs))
+        scores, gains = [], []
+        for _, cands, _ in examples:
+            asked, unasked = ([next(flat) for _ in cands] for _ in range(2))
+            scores.append(asked)
+            gains.append(np.subtract(asked, unasked))
         credit, _ = choose(scores, [0] * len(examples))
+        credit_pmi, _ = choose(gains, [0] * len(examples))
         answers = [
             lm.generate(p, cap, stop="\n").strip()
             for (p, _, _), cap in zip(examples, caps, strict=True)
@@ -143,6 +157,7 @@ class ReadingComprehensionTask(Task):
         n_cands = np.array([len(cands) for _, cands, _ in examples])
         metrics = {
             "rank_accuracy": mean_metric(credit, float(np.mean(1 / n_cands))),
+            "rank_accuracy_pmi": mean_metric(credit_pmi, float(np.mean(1 / n_cands))),
             "f1": mean_metric(
                 [best(f1, a, g) for a, g in zip(answers, golds, strict=True)], by_chance(f1)
             ),
