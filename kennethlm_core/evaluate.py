@@ -219,8 +219,8 @@ def load_rows(data: str | None, hub_id: str, split: str, columns: Sequence[str])
         except Exception as e:
             raise DataError(
                 f"cannot load '{hub_id}' from the Hugging Face hub ({_first_line(e)}); "
-                f"offline, pass --data PATH: a file with columns {', '.join(columns)}, "
-                f"or {EVAL_LAYOUT}"
+                f"offline, pass --data PATH: a file with columns "
+                f"{', '.join(columns) or 'as on the hub'}, or {EVAL_LAYOUT}"
             ) from None
         rows, where = ds.to_list(), hub_id
     else:
