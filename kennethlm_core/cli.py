@@ -365,9 +365,13 @@ def sample(ctx, run_dir, prompt, max_new_tokens, temperature, top_k, num_samples
     multiple=True,
     default=["bpb"],
     show_default=True,
-    help="Task name, repeatable, or 'all'.",
+    help="Task name, repeatable, or 'all' (klm list-plugins --slot task).",
 )
-@click.option("--data", help="Point the task at local files instead of its default data.")
+@click.option(
+    "--data",
+    help="Local data instead of the tasks' hub sets: a file for one task, or a folder with "
+    "one subfolder per task (acceptability/, sentiment/, qa/, summarization/, knowledge/).",
+)
 @click.option("--corpus", help="For bpb: score this corpus' validation split.")
 @click.option("--limit", type=int, help="Examples per task (for bpb: bytes of text).")
 @click.option("--device", default="auto", show_default=True)
@@ -378,19 +382,33 @@ def eval_(ctx, run_dir, tasks, data, corpus, limit, device):
 
     from kennethlm_core.evaluate import run_tasks
 
+    if limit is not None and limit < 1:
+        raise KLMError(f"--limit must be at least 1, got {limit}")
     registry = _registry(ctx)
     names = registry.names("task") if "all" in tasks else list(dict.fromkeys(tasks))
+    err = _console(stderr=True)
     results = run_tasks(
-        run_dir, names, data=data or corpus, limit=limit, device=device, registry=registry
+        run_dir,
+        names,
+        data=data,
+        limit=limit,
+        device=device,
+        registry=registry,
+        corpus=corpus,
+        log=lambda message: err.print(f"[dim]{message}[/]"),
     )
     table = Table("task", "metric", "value", "95% CI", "chance", "n")
     for task, res in results.items():
-        for metric, m in res["metrics"].items():
+        for i, (metric, m) in enumerate(res["metrics"].items()):
             ci = "-".join(f"{v:.3f}" for v in m["ci"]) if "ci" in m else ""
             chance = f"{m['chance']:.3f}" if "chance" in m else ""
             n = str(m.get("n", res["n"]))
-            table.add_row(task, metric, f"{m['value']:.4f}", ci, chance, n)
-    _console().print(table)
+            table.add_row(task if i == 0 else "", metric, f"{m['value']:.4f}", ci, chance, n)
+        table.add_section()
+    console = _console()
+    console.print(table)
+    for task, res in results.items():
+        console.print(f"[bold]{task}[/] ({res['seconds']:.1f}s): {res['notes']}")
     click.echo(f"written to {Path(run_dir) / 'eval.json'}")
 
 

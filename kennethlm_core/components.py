@@ -252,10 +252,27 @@ class TaskResult:
 
 
 class Task:
-    """An evaluation task. ``lm`` is a loaded run (evaluate.LoadedRun): model, tokenizer,
-    config, and helpers to score text and generate greedily within the model's context."""
+    """An evaluation task, registered in the ``task`` slot: ``factory(cfg) -> Task``.
+
+    ``evaluate(lm, data=, limit=)`` talks to the model only through ``lm``, an
+    ``evaluate.LanguageModel`` (a trained run in practice, a fixture model in tests):
+    ``tokenizer.doc_id``, ``block_size``, ``encode``/``decode``, ``logprobs(requests)`` and
+    ``score``/``score_many`` (log-likelihoods, batched), ``fit`` (cut text to a token budget)
+    and ``generate(prompt, max_new_tokens, stop)`` (greedy). Its docstring says how inputs
+    longer than the context are cut. (A LoadedRun also has ``model``, ``config`` and
+    ``device``, which the bpb task uses.)
+
+    ``data`` is a local file or folder in the task's columns, or None for the task's own
+    default (a hub dataset); ``limit`` caps the examples (None: ``default_limit``, chosen so
+    that ``klm eval --task all`` stays quick). ``data_dir`` names the subfolder the task reads
+    in a folder laid out like ../shared/data/eval, so one ``--data`` serves ``--task all``.
+    Every Metric carries its 95% interval and chance level; ``notes`` says what was scored and
+    how prompts were cut to fit the context.
+    """
 
     name = "task"
+    data_dir: str | None = None
+    default_limit: int | None = None
 
     def evaluate(self, lm: Any, *, data: str | None = None, limit: int | None = None) -> TaskResult:
         raise NotImplementedError

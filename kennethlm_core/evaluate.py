@@ -1,9 +1,14 @@
-"""Scoring: bits per byte, a loaded run's helpers for tasks, and the task runner.
+"""Scoring: bits per byte, what evaluation tasks see of a model, helpers for tasks, the runner.
 
 Bits per byte: the total negative log-likelihood of the validation text in bits, divided by its
 UTF-8 bytes. The text is the concatenation of validation documents, each preceded by the
 tokenizer's document token, scored in non-overlapping windows of the model's context. Document
 tokens are context, never targets, so every tokenizer predicts exactly the same bytes.
+
+Tasks (the ``task`` slot) talk to a model only through ``LanguageModel`` below: scoring
+continuations in batches and greedy generation, both inside the model's context. The helpers
+after it (``choose``, ``mcc``, ``macro_f1``, bootstrap intervals, ``load_rows``,
+``sample_rows``) are shared by the task plugins; ``run_tasks`` runs tasks on a run folder.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,7 @@ import torch.nn.functional as F
 
 from kennethlm_core.components import Metric, TaskResult
 from kennethlm_core.data import TokenSplit
+from kennethlm_core.errors import ConfigError, DataError
 
 LN2 = math.log(2)
 
@@ -110,11 +118,229 @@ def bootstrap_mean(values: np.ndarray, iters: int = 1000, seed: int = 0):
     return bootstrap_ratio(np.asarray(values, dtype=np.float64), np.ones(len(values)), iters, seed)
 
 
-# -- a loaded run, as tasks see it -----------------------------------------------------------
+def bootstrap_stat(stat: Callable[[np.ndarray], float], n: int, iters: int = 1000, seed: int = 0):
+    """95% percentile interval of ``stat(idx)`` over resamples ``idx`` of ``range(n)``."""
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    values = [stat(rng.integers(0, n, size=n)) for _ in range(iters)]
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return (float(lo), float(hi))
 
 
-class LoadedRun:
-    """A trained run ready for evaluation: model, tokenizer, config and scoring helpers."""
+# -- helpers for tasks: choices, classification metrics, data ----------------------------------
+
+
+def choose(scores: Sequence[Sequence[float]], gold: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The highest-scoring option of each example: (credit, prediction).
+
+    Credit is 1 when the gold option alone scores highest and 1/k when it ties with k-1 others
+    (what a random tie-break earns on average), so a model without preferences scores exactly
+    chance. The prediction is the first of the top options.
+    """
+    credit, pred = np.zeros(len(scores)), np.zeros(len(scores), dtype=np.int64)
+    for i, (row, g) in enumerate(zip(scores, gold, strict=True)):
+        row = np.asarray(row, dtype=np.float64)
+        top = np.flatnonzero(row == row.max())
+        credit[i] = 1.0 / len(top) if g in top else 0.0
+        pred[i] = top[0]
+    return credit, pred
+
+
+def mcc(gold: Sequence, pred: Sequence) -> float:
+    """Matthews correlation coefficient for any number of classes (Gorodkin's R_K): 1 perfect,
+    0 no better than chance (also when either side uses a single class), -1 inverted."""
+    labels, idx = np.unique(
+        np.concatenate([np.asarray(gold), np.asarray(pred)]), return_inverse=True
+    )
+    k, n = len(labels), len(gold)
+    conf = np.zeros((k, k))
+    np.add.at(conf, (idx[:n], idx[n:]), 1)
+    t, p, c, s = conf.sum(1), conf.sum(0), np.trace(conf), conf.sum()
+    den = math.sqrt(s * s - p @ p) * math.sqrt(s * s - t @ t)
+    return float((c * s - t @ p) / den) if den else 0.0
+
+
+def macro_f1(gold: Sequence, pred: Sequence, labels: Sequence) -> float:
+    """Mean F1 over ``labels``; a label nobody predicted and nothing is has F1 0."""
+    gold, pred = np.asarray(gold), np.asarray(pred)
+    f1 = []
+    for label in labels:
+        tp = np.sum((pred == label) & (gold == label))
+        fp_fn = np.sum(pred == label) + np.sum(gold == label)
+        f1.append(2 * tp / fp_fn if fp_fn else 0.0)
+    return float(np.mean(f1))
+
+
+def mean_metric(values: Sequence[float], chance: float | None = None, **kw) -> Metric:
+    """The mean of per-example values, with its bootstrap interval."""
+    values = np.asarray(values, dtype=np.float64)
+    return Metric(float(values.mean()), bootstrap_mean(values), chance, n=len(values), **kw)
+
+
+def paired_metric(stat: Callable, gold: Sequence, pred: Sequence, chance: float, **kw) -> Metric:
+    """``stat(gold, pred)`` (mcc, macro F1 ...) with an interval from resampling examples."""
+    gold, pred = np.asarray(gold), np.asarray(pred)
+    ci = bootstrap_stat(lambda i: stat(gold[i], pred[i]), len(gold))
+    return Metric(stat(gold, pred), ci, chance, n=len(gold), **kw)
+
+
+TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+EVAL_LAYOUT = "a folder like ../shared/data/eval (acceptability/, sentiment/, qa/, ...)"
+
+
+def data_files(path: str | Path, suffixes: Sequence[str] = tuple(TABLE_BUILDERS)) -> list[Path]:
+    """``path`` itself, or the files in folder ``path`` ending in one of ``suffixes``."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.endswith(tuple(suffixes)))
+        if not files:
+            raise DataError(f"no {', '.join(suffixes)} files in {path}")
+        return files
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    return [path]
+
+
+def load_rows(data: str | None, hub_id: str, split: str, columns: Sequence[str]) -> list[dict]:
+    """The rows of an evaluation set with at least ``columns``: from local files (a .jsonl,
+    .json, .parquet or .csv file, or a folder of them) when ``data`` is given, else from the
+    Hugging Face hub (``datasets.load_dataset(hub_id, split=split)``)."""
+    if data is None:
+        import huggingface_hub
+
+        from kennethlm_core.builtin.corpora import _first_line, _quiet_datasets
+
+        datasets = _quiet_datasets()
+        try:  # a quick look first: offline, load_dataset retries for about a minute
+            if not huggingface_hub.constants.HF_HUB_OFFLINE:
+                huggingface_hub.HfApi().dataset_info(hub_id, timeout=10)
+            ds = datasets.load_dataset(hub_id, split=split)
+        except Exception as e:
+            raise DataError(
+                f"cannot load '{hub_id}' from the Hugging Face hub ({_first_line(e)}); "
+                f"offline, pass --data PATH: a file with columns "
+                f"{', '.join(columns) or 'as on the hub'}, or {EVAL_LAYOUT}"
+            ) from None
+        rows, where = ds.to_list(), hub_id
+    else:
+        rows, where = [], str(data)
+        for f in data_files(data):
+            rows += _read_table(f)
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if missing or not rows:
+        have = ", ".join(rows[0]) if rows else "no rows"
+        raise DataError(f"{where}: needs columns {', '.join(columns)} (found: {have})")
+    return rows
+
+
+def _read_table(path: Path) -> list[dict]:
+    """.jsonl directly (quick, no cache); .json, .parquet and .csv through ``datasets``."""
+    from kennethlm_core.builtin.corpora import _first_line, _quiet_datasets
+
+    builder = next((b for suf, b in TABLE_BUILDERS.items() if path.name.endswith(suf)), None)
+    if builder is None:
+        raise DataError(f"{path}: unsupported file type; use {', '.join(TABLE_BUILDERS)}")
+    try:
+        if path.name.endswith(".jsonl"):
+            with path.open(encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip()]
+        ds = _quiet_datasets().load_dataset(builder, data_files=str(path), split="train")
+        return ds.to_list()
+    except Exception as e:
+        raise DataError(f"{path}: cannot read it as {builder} ({_first_line(e)})") from None
+
+
+def sample_rows(rows: list[dict], limit: int | None, key: str | None = None) -> list[dict]:
+    """At most ``limit`` rows, chosen by a hash of each row (of its ``key`` column when given):
+    the same rows every time, whatever the file order, and a smaller limit picks a subset of a
+    larger one."""
+    from kennethlm_core.data import unit_hash
+
+    def h(row):
+        return unit_hash(str(row[key]) if key else json.dumps(row, sort_keys=True, default=str))
+
+    return sorted(rows, key=h)[:limit] if limit is not None else sorted(rows, key=h)
+
+
+# -- what a task sees of a model ------------------------------------------------------------
+
+
+class LanguageModel:
+    """The small interface evaluation tasks talk to. LoadedRun is the real one; tests write
+    fixture models (an oracle, a uniform model) by subclassing this.
+
+    A subclass provides:
+
+    - ``tokenizer``: has ``doc_id``, the document token every prompt starts with.
+    - ``block_size``: the context length in tokens.
+    - ``encode(text) -> ids`` and ``decode(ids) -> text``.
+    - ``logprobs(requests) -> list[float]``: for each ``(ids, start)``, the summed
+      log-probability in nats of ``ids[start:]`` given ``ids[:start]``. No target sees more
+      than ``block_size`` tokens: long inputs are cut from the left, and a continuation longer
+      than one window is scored in further non-overlapping windows. Many requests at once are
+      scored in batches: give a task's whole set in one call.
+    - ``generate(prompt, max_new_tokens, stop=None) -> str``: the greedy continuation of a
+      document start and ``prompt``, seeing the last ``block_size`` tokens at every step (so the
+      prompt is cut from the left); it ends at a document token, at ``max_new_tokens``, or where
+      ``stop`` first appears (``stop`` and what follows it are dropped).
+
+    and gets, built on those: ``score``, ``score_many``, ``n_tokens`` and ``fit``.
+    """
+
+    tokenizer: Any
+    block_size: int
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError
+
+    def logprobs(self, requests: list[tuple[list[int], int]]) -> list[float]:
+        raise NotImplementedError
+
+    def generate(self, prompt: str, max_new_tokens: int = 100, stop: str | None = None) -> str:
+        raise NotImplementedError
+
+    def score(self, context: str, continuation: str) -> float:
+        """log P(continuation | document start + context), in nats."""
+        return self.score_many([(context, continuation)])[0]
+
+    def score_many(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """``score`` for many (context, continuation) pairs, in one batched call."""
+        requests = []
+        for context, continuation in pairs:
+            ctx = [self.tokenizer.doc_id, *self.encode(context)]
+            requests.append((ctx + self.encode(continuation), len(ctx)))
+        return self.logprobs(requests)
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def fit(self, text: str, max_tokens: int, keep: str = "end") -> str:
+        """The longest end (``keep="end"``) or start (``"start"``) of ``text`` that encodes to at
+        most ``max_tokens`` tokens, cut at a space when there is one to cut at."""
+        if self.n_tokens(text) <= max_tokens:
+            return text
+        lo, hi = 0, len(text)  # characters to keep: lo fits, hi does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            part = text[len(text) - mid :] if keep == "end" else text[:mid]
+            lo, hi = (mid, hi) if self.n_tokens(part) <= max_tokens else (lo, mid)
+        if keep == "end":
+            part = text[len(text) - lo :] if lo else ""
+            if lo and not text[len(text) - lo - 1].isspace() and " " in part:
+                part = part.split(" ", 1)[1]  # the first word was cut: drop what is left of it
+        else:
+            part = text[:lo]
+            if not text[lo].isspace() and " " in part:
+                part = part.rsplit(" ", 1)[0]
+        return part
+
+
+class LoadedRun(LanguageModel):
+    """A trained run ready for evaluation: model, tokenizer and config, scoring in batches."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto", registry: Any = None):
         from kennethlm_core.checkpoint import WEIGHTS, load_weights
@@ -141,62 +367,63 @@ class LoadedRun:
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids)
 
-    @torch.no_grad()
-    def logprobs(self, requests: list[tuple[list[int], int]], batch_size: int = 64) -> list[float]:
-        """Summed log-probabilities (nats) of ``ids[start:]`` given ``ids[:start]``, per request.
-
-        Long inputs are cut from the left: each target sees at most ``block_size`` tokens of
-        context. Targets beyond one window are scored in further windows.
-        """
+    @torch.inference_mode()
+    def logprobs(
+        self, requests: list[tuple[list[int], int]], batch_tokens: int = 16384
+    ) -> list[float]:
         T = self.block_size
-        windows, owners = [], []  # (input ids, first target index in window, n targets)
+        windows = []  # (request, input ids, position of the first target, target ids)
         for r, (ids, start) in enumerate(requests):
-            start = max(1, start)
-            for a in range(start, len(ids), T):
+            for a in range(max(1, start), len(ids), T):
                 b = min(len(ids), a + T)
                 s = max(0, b - 1 - T)
-                windows.append((ids[s : b - 1], a - 1 - s, b - a, ids[a:b]))
-                owners.append(r)
-        totals = [0.0] * len(requests)
-        for i in range(0, len(windows), batch_size):
-            chunk = windows[i : i + batch_size]
-            width = max(len(w[0]) for w in chunk)
-            x = torch.zeros(len(chunk), width, dtype=torch.long)
-            for j, (inp, *_rest) in enumerate(chunk):
-                x[j, : len(inp)] = torch.tensor(inp)
+                windows.append((r, ids[s : b - 1], a - 1 - s, ids[a:b]))
+        windows.sort(key=lambda w: len(w[1]))  # similar widths share a batch: little padding
+        # cap the logits of a batch (tokens x vocabulary) at 64 M floats
+        batch_tokens = max(T, min(batch_tokens, 2**26 // self.tokenizer.vocab_size))
+        totals = torch.zeros(len(requests), dtype=torch.float64)
+        i = 0
+        while i < len(windows):
+            j = i + 1
+            while j < len(windows) and (j + 1 - i) * len(windows[j][1]) <= batch_tokens:
+                j += 1
+            batch, i = windows[i:j], j
+            x = np.zeros((len(batch), len(batch[-1][1])), dtype=np.int64)
+            rows, cols, targets, owners = [], [], [], []
+            for k, (r, inp, off, tgt) in enumerate(batch):
+                x[k, : len(inp)] = inp
+                rows += [k] * len(tgt)
+                cols += range(off, off + len(tgt))
+                targets += tgt
+                owners += [r] * len(tgt)
             with self.autocast:
-                logits, _ = self.model(x.to(self.device))
-            logp = F.log_softmax(logits.float(), dim=-1).cpu()
-            for j, (_inp, off, n, targets) in enumerate(chunk):
-                rows = logp[j, off : off + n]
-                totals[owners[i + j]] += float(rows[torch.arange(n), torch.tensor(targets)].sum())
-        return totals
-
-    def score(self, context: str, continuation: str) -> float:
-        """log P(continuation | document start + context), in nats."""
-        ctx = [self.tokenizer.doc_id, *self.encode(context)]
-        return self.logprobs([(ctx + self.encode(continuation), len(ctx))])[0]
-
-    @torch.no_grad()
-    def generate(self, prompt: str, max_new_tokens: int = 100) -> str:
-        """Greedy continuation of ``prompt`` (cut from the left to fit), until a document token."""
-        from kennethlm_core.model import generate
-
-        ids = [self.tokenizer.doc_id, *self.encode(prompt)][-self.block_size :]
-        x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        with self.autocast:
-            out = generate(
-                self.model,
-                x,
-                max_new_tokens,
-                self.block_size,
-                temperature=0,
-                stop_id=self.tokenizer.doc_id,
+                logits, _ = self.model(torch.from_numpy(x).to(self.device))
+            at = (
+                torch.tensor(rows, device=logits.device),
+                torch.tensor(cols, device=logits.device),
             )
-        new = out[0, len(ids) :].tolist()
-        if self.tokenizer.doc_id in new:
-            new = new[: new.index(self.tokenizer.doc_id)]
-        return self.decode(new)
+            picked = logits[at].float().log_softmax(-1)
+            lp = picked.gather(1, torch.tensor(targets, device=logits.device)[:, None])[:, 0]
+            totals.index_add_(0, torch.tensor(owners), lp.double().cpu())
+        return totals.tolist()
+
+    @torch.inference_mode()
+    def generate(self, prompt: str, max_new_tokens: int = 100, stop: str | None = None) -> str:
+        doc_id = self.tokenizer.doc_id
+        x = torch.tensor([[doc_id, *self.encode(prompt)]], device=self.device)
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            with self.autocast:
+                logits, _ = self.model(x[:, -self.block_size :])
+            nxt = int(logits[0, -1].argmax())
+            if nxt == doc_id:
+                break
+            new.append(nxt)
+            x = torch.cat([x, torch.tensor([[nxt]], device=self.device)], dim=1)
+            if stop and stop in self.decode(new):
+                break
+        text = self.decode(new)
+        return text.split(stop, 1)[0] if stop else text
 
 
 # -- the bpb task and the task runner --------------------------------------------------------
@@ -232,6 +459,32 @@ class BPBTask:
         )
 
 
+def task_data(task: Any, data: str | None, several: bool) -> str | None:
+    """What ``--data`` means for one task.
+
+    A folder with a subfolder named after the task's ``data_dir`` (the layout of
+    ../shared/data/eval) gives that subfolder. Otherwise, with one task, ``data`` goes to it as
+    it is (a file or a folder); with several, the task keeps its own default data, and a
+    single file is refused (one file cannot feed several tasks).
+    """
+    if data is None:
+        return None
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"--data {data}: no such file or folder")
+    sub = getattr(task, "data_dir", None)
+    if path.is_dir() and sub and (path / sub).is_dir():
+        return str(path / sub)
+    if not several:
+        return str(path)
+    if path.is_file():
+        raise ConfigError(
+            f"--data {data} is one file, but several tasks were asked for; "
+            f"give one --task, or {EVAL_LAYOUT}"
+        )
+    return None
+
+
 def run_tasks(
     run_dir: str | Path,
     names: list[str],
@@ -239,19 +492,32 @@ def run_tasks(
     limit: int | None = None,
     device: str = "auto",
     registry: Any = None,
+    corpus: str | None = None,
+    log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    """Evaluate a run on tasks; merge the results into the run's eval.json and return them."""
+    """Evaluate a run on tasks; merge each result into the run's eval.json as it comes.
+
+    ``data`` is resolved per task by ``task_data``; ``corpus`` is the bpb task's (another
+    corpus whose validation split to score). ``limit`` caps every task's examples (bpb: bytes);
+    without it each task uses its ``default_limit``.
+    """
     from kennethlm_core.checkpoint import atomic_write_json
     from kennethlm_core.plugins import get_registry
 
     registry = registry or get_registry()
-    tasks = {n: registry.get("task", n) for n in names}  # unknown names fail before loading
+    comps = {n: registry.get("task", n) for n in names}  # unknown names fail before loading
     lm = LoadedRun(run_dir, device=device, registry=registry)
-    results = {}
-    for name, comp in tasks.items():
-        task = comp.factory(lm.config)
-        results[name] = task.evaluate(lm, data=data, limit=limit).to_json()
-    path = Path(run_dir) / "eval.json"
-    existing = json.loads(path.read_text()) if path.exists() else {}
-    atomic_write_json(path, {**existing, **results})
+    tasks = {n: c.factory(lm.config) for n, c in comps.items()}
+    paths = {n: task_data(t, data, len(tasks) > 1) for n, t in tasks.items()}
+    if corpus is not None and "bpb" in paths:
+        paths["bpb"] = corpus
+    results, path = {}, Path(run_dir) / "eval.json"
+    for name, task in tasks.items():
+        log(f"{name} ...")
+        t0 = time.perf_counter()
+        res = task.evaluate(lm, data=paths[name], limit=limit).to_json()
+        res["seconds"] = round(time.perf_counter() - t0, 2)
+        results[name] = res
+        existing = json.loads(path.read_text()) if path.exists() else {}
+        atomic_write_json(path, {**existing, name: res})
     return results

@@ -9,7 +9,9 @@ import pytest
 
 from kennethlm_core.cli import main, parse_run_args
 
-from .conftest import PYTHON, assert_one_line_error
+from .conftest import PYTHON, SHARED_DATA, assert_one_line_error
+
+EVAL_DATA = SHARED_DATA / "eval"
 
 TINY_ARGS = [
     "--n-layer",
@@ -76,6 +78,27 @@ def test_eval_bpb_matches_the_summary_and_writes_eval_json(run_dir, klm):
     for domain, value in summary["val_bpb_by_domain"].items():
         assert result["metrics"][f"bpb/{domain}"]["value"] == pytest.approx(value, rel=1e-6)
     assert "bpb/legal" in out
+
+
+def test_eval_all_tasks_on_one_data_folder(run_dir, klm):
+    code, out, err = klm("eval", run_dir, "--task", "all", "--data", EVAL_DATA, "--limit", "4")
+    assert code == 0, err
+    result = json.loads((run_dir / "eval.json").read_text())
+    tasks = ["acceptability", "sentiment", "reading-comprehension", "summarization", "knowledge"]
+    for task in ["bpb", *tasks]:
+        assert task in result and task in out
+        for m in result[task]["metrics"].values():
+            assert "chance" in m
+    assert result["sentiment"]["n"] == 4 and result["knowledge"]["n"] == 4
+    assert "p_gold" in out and "rank_accuracy_pmi" in out and "chrf++" in out
+
+
+def test_eval_refuses_one_file_for_several_tasks(run_dir, klm):
+    path = EVAL_DATA / "sentiment" / "sentiment-da.jsonl"
+    code, out, err = klm("eval", run_dir, "--task", "all", "--data", path)
+    assert_one_line_error(code, err, "one file, but several tasks")
+    code, out, err = klm("eval", run_dir, "--task", "sentiment", "--data", path, "--limit", "3")
+    assert code == 0, err
 
 
 def test_resume_with_a_longer_budget_continues(run_dir, tmp_path, klm):
