@@ -266,6 +266,20 @@ def sample_rows(rows: list[dict], limit: int | None, key: str | None = None) -> 
 # -- what a task sees of a model ------------------------------------------------------------
 
 
+def answer_text(text: str, stop: str | None) -> tuple[str, bool]:
+    """(answer, complete): generated text cut at the first ``stop``, and whether it was.
+
+    With a stop string, whitespace before the answer is not part of it: small models often
+    open with a line break, and ``stop="\\n"`` must then end the answer's line, not the empty
+    one before it. Without one, the text is returned as generated.
+    """
+    if not stop:
+        return text, False
+    text = text.lstrip()
+    answer, found, _ = text.partition(stop)
+    return answer, bool(found)
+
+
 class LanguageModel:
     """The small interface evaluation tasks talk to. LoadedRun is the real one; tests write
     fixture models (an oracle, a uniform model) by subclassing this.
@@ -301,6 +315,7 @@ class LanguageModel:
         raise NotImplementedError
 
     def generate(self, prompt: str, max_new_tokens: int = 100, stop: str | None = None) -> str:
+        """Greedy continuation of ``prompt``; with ``stop``, the answer as `answer_text` cuts it."""
         raise NotImplementedError
 
     def score(self, context: str, continuation: str) -> float:
@@ -420,10 +435,9 @@ class LoadedRun(LanguageModel):
                 break
             new.append(nxt)
             x = torch.cat([x, torch.tensor([[nxt]], device=self.device)], dim=1)
-            if stop and stop in self.decode(new):
+            if answer_text(self.decode(new), stop)[1]:
                 break
-        text = self.decode(new)
-        return text.split(stop, 1)[0] if stop else text
+        return answer_text(self.decode(new), stop)[0]
 
 
 # -- the bpb task and the task runner --------------------------------------------------------

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 
 from kennethlm_core.builtin.tokenizers import ByteTokenizer
-from kennethlm_core.evaluate import LanguageModel
+from kennethlm_core.evaluate import LanguageModel, answer_text
 
 
 def per_byte(context: str, continuation: str) -> float:
@@ -54,5 +54,4 @@ class ScriptedModel(LanguageModel):
         return out
 
     def generate(self, prompt: str, max_new_tokens: int = 100, stop: str | None = None) -> str:
-        text = self.writer(prompt)[:max_new_tokens]
-        return text.split(stop, 1)[0] if stop else text
+        return answer_text(self.writer(prompt)[:max_new_tokens], stop)[0]

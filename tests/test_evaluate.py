@@ -12,6 +12,7 @@ import torch
 from kennethlm_core.errors import ConfigError, DataError
 from kennethlm_core.evaluate import (
     LoadedRun,
+    answer_text,
     choose,
     load_rows,
     macro_f1,
@@ -73,8 +74,15 @@ def test_generate_is_greedy_and_stops_at_the_stop_string(lm):
     ids = [lm.tokenizer.doc_id, *lm.encode("Der var engang")]
     logits, _ = lm.model(torch.tensor([ids]))
     assert lm.encode(text)[0] == int(logits[0, -1].argmax())
-    first = text[0]
-    assert lm.generate("Der var engang", 40, stop=first) == ""
+    word = text.split()[0]
+    assert lm.generate("Der var engang", 40, stop=word[-1]) == text.lstrip().split(word[-1])[0]
+
+
+def test_an_answer_starts_after_leading_whitespace_and_ends_at_the_stop():
+    assert answer_text("\n\n  Politiet rykkede ud.\nMere", "\n") == ("Politiet rykkede ud.", True)
+    assert answer_text("\n\nendnu ikke slut", "\n") == ("endnu ikke slut", False)
+    assert answer_text("\n\n", "\n") == ("", False)
+    assert answer_text(" ingen stop ", None) == (" ingen stop ", False)
 
 
 def test_fit_keeps_the_end_or_the_start_at_a_word():
