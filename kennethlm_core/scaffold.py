@@ -504,7 +504,7 @@ class $Class(nn.Module):
 
 def apply(model, cfg):
     if not hasattr(model, "logits_transform"):
-        raise ConfigError(f"tweak '$name' needs a model with a logits_transform seam (a GPT)")
+        raise ConfigError("this tweak needs a model with a logits_transform seam (a GPT)")
     model.logits_transform = $Class()
 
 
