@@ -83,6 +83,13 @@ def run_options(f):
             click.option(f"--{slot}", help=f"The {slot} component (klm list-plugins).")
             for slot in SLOT_FLAGS
         ],
+        click.option(
+            "--tweak",
+            multiple=True,
+            metavar="NAME",
+            help="A model tweak (klm list-plugins), applied after the model is built; "
+            "repeatable, in order. Replaces the recipe's tweaks.",
+        ),
         click.option("--vocab-size", type=int, help="Tokenizer vocabulary size (0: its default)."),
         click.option("--corpus", help="A corpus name (sample, dagw, dynaword) or a path."),
         click.option("--mix", help="Domain weights for training batches: books=0.5,speech=0.5."),
@@ -125,7 +132,10 @@ def overrides_from(params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     if params.get("time_") is not None:
         params["time"] = params.pop("time_")
     params.pop("time_", None)
+    tweaks = params.pop("tweak", ()) or ()
     overrides = {k: v for k, v in params.items() if v is not None}
+    if tweaks:
+        overrides["tweak"] = ",".join(tweaks)
     overrides.update(parse_set(settings))
     return recipe, overrides
 

@@ -40,6 +40,7 @@ class RunConfig:
     vocab_size: int = 0  # 0: the tokenizer's own default
     corpus: str = "sample"  # a registered corpus name, or a path (file, folder, glob)
     mix: str = ""  # domain weights for training batches, "books=0.5,speech=0.5"; "" = natural
+    tweak: str = ""  # model tweaks applied after the model is built, in order: "qk-norm,softcap"
     # model shape
     n_layer: int = 4
     n_head: int = 4
@@ -222,11 +223,13 @@ def parse_mix(text: str) -> dict[str, float]:
 def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
     """Whether a run folder's config.json describes the run `cfg` asks for.
 
-    `threads` (how many cores a run used) is not part of what a run is, and a run that asks for
-    the natural mix matches the resolved weights that config.json records for it.
+    `threads` (how many cores a run used) is not part of what a run is, a run that asks for
+    the natural mix matches the resolved weights that config.json records for it, and a setting
+    added to the core after the run was made reads as its default (a run from before `tweak`
+    existed had none).
     """
     wanted = cfg.to_dict()
-    saved = dict(saved)
+    saved = {**RunConfig().to_dict(), **saved}
     if not cfg.mix:
         saved["mix"] = ""
     saved.pop("threads", None)
@@ -327,7 +330,18 @@ def selected_components(cfg: RunConfig, registry: Any) -> dict[str, Any]:
     slots += ["optimizer", "schedule", "tokenizer"]
     chosen = {slot: registry.get(slot, getattr(cfg, slot)) for slot in slots}
     chosen["corpus"] = corpus_component(cfg.corpus, registry)
+    for name in tweak_names(cfg.tweak):
+        chosen[f"tweak {name}"] = registry.get("tweak", name)
     return chosen
+
+
+def tweak_names(text: str) -> list[str]:
+    """'qk-norm, softcap' -> ['qk-norm', 'softcap']: the run's tweaks, in order."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"tweak {', '.join(repeated)} is listed twice; give each tweak once")
+    return names
 
 
 def corpus_component(corpus: str, registry: Any) -> Any:

@@ -36,6 +36,7 @@ SLOTS = (
     "tokenizer",
     "corpus",
     "task",
+    "tweak",
 )
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -109,6 +110,29 @@ def klm_register_corpus(register):
 @hookspec
 def klm_register_task(register):
     """Register evaluation tasks: ``factory(cfg) -> components.Task``."""
+
+
+@hookspec
+def klm_register_tweak(register):
+    """Register model tweaks: ``factory(model, cfg) -> None`` changes a built model in place.
+
+    A run lists its tweaks with ``--tweak NAME`` (repeatable; in a recipe or ``--set``:
+    ``tweak = "qk-norm,softcap"``). ``build_model`` builds the model as usual, weights
+    initialised, then calls each tweak in the order given, before the optimizer sees the
+    parameters; a checkpoint is loaded into a model built and tweaked the same way. A tweak
+    works through the GPT's seams:
+
+    - named parameters to re-initialise or replace (``blocks.N.attn.c_proj.weight``,
+      ``blocks.N.mlp.c_proj.weight``; ``lm_head.weight``, tied to ``wte.weight`` until a tweak
+      gives the head a parameter of its own);
+    - ``block.attn.qk_transform``: a module ``(q, k) -> (q, k)`` on (B, H, T, D), applied
+      before the posemb rotates them (QK-norm);
+    - ``model.logits_transform``: a module ``logits -> logits`` (soft-capping).
+
+    Both transforms are None in a plain GPT, which is then unchanged. A tweak that does not
+    find the seam it needs (a bigram model has none) raises ``errors.ConfigError``. It must be
+    deterministic given the torch seed, and may declare ``options`` like any component.
+    """
 
 
 @hookspec

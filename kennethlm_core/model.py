@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kennethlm_core.config import MODEL_SLOTS, RunConfig
+from kennethlm_core.config import MODEL_SLOTS, RunConfig, tweak_names
 
 
 class Parts:
@@ -37,11 +37,14 @@ class CausalSelfAttention(nn.Module):
         self.attend = parts.attention(cfg)  # the attention slot: (q, k, v, bias) -> y
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.qk_transform = None  # a tweak's (q, k) -> (q, k), e.g. QK-norm (hookspecs.py)
 
     def forward(self, x, posemb, bias):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.qk_transform is not None:
+            q, k = self.qk_transform(q, k)
         q, k = posemb.rotate(q, k)
         y = self.attend(q, k, v, bias)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
@@ -82,6 +85,7 @@ class GPT(nn.Module):
         self.ln_f = parts.norm(cfg, cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying: one matrix reads and writes tokens
+        self.logits_transform = None  # a tweak's logits -> logits, e.g. soft-capping
 
         self.apply(init_weights)
         for name, p in self.named_parameters():
@@ -97,6 +101,8 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, self.posemb, bias)
         logits = self.lm_head(self.ln_f(x))
+        if self.logits_transform is not None:
+            logits = self.logits_transform(logits)
         return logits, lm_loss(logits, targets)
 
 
@@ -131,8 +137,12 @@ def lm_loss(logits, targets):
 
 
 def build_model(cfg: RunConfig, vocab_size: int, registry: Any) -> nn.Module:
-    """The run's model, built by the model slot's factory from the other slots' components."""
-    return registry.get("model", cfg.model).factory(cfg, vocab_size, Parts(cfg, registry))
+    """The run's model, built by the model slot's factory from the other slots' components,
+    then changed by the run's tweaks, in order."""
+    model = registry.get("model", cfg.model).factory(cfg, vocab_size, Parts(cfg, registry))
+    for name in tweak_names(cfg.tweak):
+        registry.get("tweak", name).factory(model, cfg)
+    return model
 
 
 def count_params(model: nn.Module) -> int:

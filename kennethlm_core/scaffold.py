@@ -483,6 +483,43 @@ def klm_register_task(register):
 )
 
 
+MODULES["tweak"] = Starter(
+    "a learned temperature that scales the logits, starting at 1",
+    """\
+import torch
+from torch import nn
+
+from kennethlm_core import hookimpl
+from kennethlm_core.errors import ConfigError
+
+
+class $Class(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, logits):
+        return logits * self.scale
+
+
+def apply(model, cfg):
+    if not hasattr(model, "logits_transform"):
+        raise ConfigError("this tweak needs a model with a logits_transform seam (a GPT)")
+    model.logits_transform = $Class()
+
+
+@hookimpl
+def klm_register_tweak(register):
+    register(
+        "$name",
+        apply,
+        "$summary",
+    )
+""",
+    "klm run --tweak $name\n" + COMPARE.replace("--$slot $name", "--tweak $name"),
+)
+
+
 def package_names(name: str, slot: str) -> dict[str, str]:
     """The names a package is made of: klm-attention-my-idea, klm_attention_my_idea, ..."""
     words = re.split(r"[-_]", name)

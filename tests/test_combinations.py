@@ -2,7 +2,8 @@
 
 - every attention x posemb x tokenizer, with the defaults elsewhere;
 - every other model, norm, mlp, optimizer and schedule, one at a time, with the defaults
-  elsewhere.
+  elsewhere;
+- every tweak on its own, and all tweaks together.
 
 For each, a tiny GPT on the embedded sample does forward and backward with finite values, is
 causal, lowers its held-out loss over a few dozen steps, and gives identical logits after a
@@ -56,6 +57,10 @@ def combinations() -> list[dict[str, str]]:
     ]
     for slot in ("model", "norm", "mlp", "optimizer", "schedule"):
         grid += [{slot: name} for name in REGISTRY.names(slot) if name != getattr(DEFAULTS, slot)]
+    tweaks = REGISTRY.names("tweak")
+    grid += [{"tweak": name} for name in tweaks]
+    if len(tweaks) > 1:
+        grid.append({"tweak": ",".join(tweaks)})
     return grid
 
 

@@ -1,0 +1,160 @@
+"""Muon (Keller Jordan et al., 2024): orthogonalised momentum for the hidden weight matrices.
+
+For each 2-D weight matrix inside the transformer blocks (attention and MLP projections),
+Muon keeps a momentum buffer like SGD, but instead of stepping along the momentum M it steps
+along the nearest semi-orthogonal matrix, U V^T where M = U S V^T: every singular direction
+of the update gets the same size. U V^T is approximated without an SVD by a few steps of a
+Newton-Schulz iteration X <- a X + b (X X^T) X + c (X X^T)^2 X, started from M / ||M||, whose
+odd polynomial pushes every singular value towards 1 (the coefficients are chosen to do this
+fast rather than exactly: the result has singular values roughly in [0.7, 1.2]).
+
+Everything else (the token embedding and the tied output head, learned positions, norm
+gains, biases) is not a hidden matrix and is trained with AdamW, as in the ``adamw``
+optimizer. One optimizer holds both kinds of group, so the trainer's schedule and the
+checkpoint treat it like any other: each group has its own base lr (``muon_lr`` for the
+matrices, ``lr`` for the rest).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kennethlm_core import hookimpl
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic of the Muon write-up
+
+
+def orthogonalise(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """An approximation of U V^T for g = U S V^T (2-D), by Newton-Schulz iteration."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.float()
+    tall = x.size(0) > x.size(1)
+    if tall:  # iterate on the wide side: X X^T is then the smaller square
+        x = x.T
+    x = x / (x.norm() + eps)  # Frobenius norm >= spectral norm: singular values now <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if tall:
+        x = x.T
+    return x.to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for groups with ``muon=True``, AdamW for the others."""
+
+    def __init__(self, groups, *, lr, momentum, nesterov, ns_steps, betas, eps, weight_decay):
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            muon=False,
+        )
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["muon"]:
+                self._muon(group)
+            else:
+                self._adamw(group)
+        return loss
+
+    def _muon(self, group):
+        lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"]
+            buf.mul_(mu).add_(p.grad)
+            g = p.grad.add(buf, alpha=mu) if group["nesterov"] else buf
+            update = orthogonalise(g, group["ns_steps"])
+            # U V^T has RMS 1/sqrt(max side); this makes tall and wide matrices move alike
+            scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
+            p.mul_(1 - lr * wd)
+            p.add_(update, alpha=-lr * scale)
+
+    def _adamw(self, group):
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = state["step"]
+            state["exp_avg"].lerp_(p.grad, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(eps)
+            p.mul_(1 - lr * wd)
+            p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1**t))
+
+
+def is_hidden_matrix(name: str, p: torch.nn.Parameter, model: torch.nn.Module) -> bool:
+    """A 2-D weight inside the network, not an embedding or the output head."""
+    if p.dim() != 2:
+        return False
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        embeddings.add(id(head.weight))
+    return id(p) not in embeddings
+
+
+def make(cfg, model):
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for n, p in named if is_hidden_matrix(n, p, model)]
+    other = [p for n, p in named if not is_hidden_matrix(n, p, model)]
+    groups = [  # AdamW groups first: the trainer logs the first group's lr
+        {"params": [p for p in other if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in other if p.dim() < 2], "weight_decay": 0.0},
+        {
+            "params": hidden,
+            "muon": True,
+            "lr": float(cfg.get("muon_lr")),
+            "weight_decay": float(cfg.get("muon_weight_decay")),
+        },
+    ]
+    return Muon(
+        [g for g in groups if g["params"]],
+        lr=cfg.lr,
+        momentum=float(cfg.get("muon_momentum")),
+        nesterov=True,
+        ns_steps=int(cfg.get("muon_ns_steps")),
+        betas=(cfg.beta1, cfg.beta2),
+        eps=1e-8,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+@hookimpl
+def klm_register_optimizer(register):
+    register(
+        "muon",
+        make,
+        "Muon: orthogonalised momentum for hidden matrices, AdamW for embeddings, head, gains",
+        options={
+            "muon_lr": 0.02,
+            "muon_momentum": 0.95,
+            "muon_ns_steps": 5,
+            "muon_weight_decay": 0.0,
+        },
+    )

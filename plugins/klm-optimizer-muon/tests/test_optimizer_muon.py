@@ -1,0 +1,127 @@
+"""muon: the conformance kit, the orthogonalisation, which parameters get which rule."""
+
+import klm_optimizer_muon
+import torch
+
+from kennethlm_core.checkpoint import load_checkpoint, save_checkpoint
+from kennethlm_core.config import build_config, resolve
+from kennethlm_core.model import build_model
+from kennethlm_core.plugins import get_registry
+from kennethlm_core.testing import TINY, conformance
+
+TestMuon = conformance("optimizer", "muon")
+
+
+def setup(seed=0, **overrides):
+    registry = get_registry()
+    cfg = resolve(build_config(overrides={**TINY, "optimizer": "muon", **overrides}), registry)
+    torch.manual_seed(seed)
+    model = build_model(cfg, 50, registry)
+    return cfg, model, registry.get("optimizer", "muon").factory(cfg, model)
+
+
+def step(model, optimizer, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 50, (4, 16), generator=g)
+    _, loss = model(idx, torch.roll(idx, -1, dims=1))
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def test_newton_schulz_gives_nearly_orthogonal_matrices():
+    torch.manual_seed(0)
+    for shape in ((32, 32), (32, 96), (128, 32)):
+        s = torch.linalg.svdvals(klm_optimizer_muon.orthogonalise(torch.randn(*shape)))
+        assert s.min() > 0.6 and s.max() < 1.3, (shape, s.min(), s.max())
+
+
+def test_every_direction_that_matters_gets_about_the_same_step():
+    """An ill-conditioned g (singular values over 3 decades): along each of g's singular
+    directions that is at least 5% of the largest, the result has a singular value near 1."""
+    torch.manual_seed(0)
+    for shape in ((32, 32), (32, 96), (128, 32)):
+        g = torch.randn(*shape) @ torch.diag(torch.logspace(-2, 1, shape[1]))
+        u, s, vh = torch.linalg.svd(g, full_matrices=False)
+        along = (u.T @ klm_optimizer_muon.orthogonalise(g) @ vh.T).diagonal()
+        kept = along[s / s.max() >= 0.05]
+        assert len(kept) >= 8 and kept.min() > 0.6 and kept.max() < 1.3, (shape, kept)
+
+
+def test_update_of_a_hidden_matrix_is_nearly_orthogonal():
+    """The first step moves a matrix by lr * orthogonalise(gradient): its singular values are
+    near 1 along the directions the gradient spans (a small batch leaves a few out)."""
+    _, model, optimizer = setup(muon_weight_decay=0.0)
+    lr = optimizer.param_groups[-1]["lr"]
+    for w, scale in (
+        (model.blocks[0].attn.c_proj.weight, 1.0),
+        (model.blocks[0].mlp.c_fc.weight, 2.0),
+    ):
+        before = w.detach().clone()
+        step(model, optimizer)
+        s = torch.linalg.svdvals((before - w.detach()) / (lr * scale))  # tall c_fc: sqrt(128/32)
+        top = s[: int(0.75 * len(s))]
+        assert top.min() > 0.5 and top.max() < 1.3, s
+        for p in model.parameters():  # back to a fresh optimizer state for the next matrix
+            optimizer.state.pop(p, None)
+
+
+def test_update_is_the_orthogonalised_gradient():
+    _, model, optimizer = setup(muon_weight_decay=0.0)
+    w = model.blocks[0].mlp.c_proj.weight
+    before = w.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 50, (4, 16), generator=g)
+    model(idx, torch.roll(idx, -1, dims=1))[1].backward()
+    expected = before - 0.02 * klm_optimizer_muon.orthogonalise(w.grad)  # 32 x 128: wide
+    optimizer.step()
+    torch.testing.assert_close(w.detach(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_embeddings_head_and_gains_go_to_adamw():
+    _, model, optimizer = setup()
+    muon = {id(p) for g in optimizer.param_groups if g["muon"] for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in muon}
+    assert names == {
+        "blocks.0.attn.c_attn.weight",
+        "blocks.0.attn.c_proj.weight",
+        "blocks.0.mlp.c_fc.weight",
+        "blocks.0.mlp.c_proj.weight",
+    }
+    assert not optimizer.param_groups[0]["muon"]  # the trainer logs group 0's lr: AdamW's
+    assert optimizer.param_groups[0]["lr"] == 1e-3 and optimizer.param_groups[-1]["lr"] == 0.02
+    every = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert every == len(list(model.parameters()))
+
+
+def test_adamw_groups_match_torch_adamw():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(8, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    hyper = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+    ours = klm_optimizer_muon.Muon([a], momentum=0.95, nesterov=True, ns_steps=5, **hyper)
+    reference = torch.optim.AdamW([b], **hyper)
+    for _ in range(5):
+        grad = torch.randn(8, 4)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        reference.step()
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_checkpoint_round_trip_keeps_the_momentum(tmp_path):
+    _, model, optimizer = setup(seed=1)
+    for s in range(3):
+        step(model, optimizer, s)
+    save_checkpoint(tmp_path / "checkpoint.safetensors", model, optimizer, {}, {"step": 3})
+    _, model2, optimizer2 = setup(seed=2)
+    load_checkpoint(tmp_path / "checkpoint.safetensors", model2, optimizer2)
+    w = model.blocks[0].mlp.c_fc.weight
+    buf = optimizer.state[w]["momentum_buffer"]
+    buf2 = optimizer2.state[model2.blocks[0].mlp.c_fc.weight]["momentum_buffer"]
+    assert torch.equal(buf, buf2) and buf.abs().sum() > 0
+    for s in range(3, 5):
+        step(model, optimizer, s)
+        step(model2, optimizer2, s)
+    for a, b in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(a, b)
