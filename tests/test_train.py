@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -100,9 +101,15 @@ def test_config_json_repeats_the_run_with_the_mix_it_records(tmp_path, registry)
     assert json.loads((tmp_path / "b" / "config.json").read_text()) == saved
 
 
-def test_time_budget(tmp_path, registry):
+def test_time_budget_counts_training_steps_only(tmp_path, registry, monkeypatch):
+    """With a clock on which every step takes 0.25 s, a 1 s budget is exactly 4 steps, whatever
+    the machine's speed or load; evaluation and start-up do not count."""
+    import kennethlm_core.train as train_module
+
+    ticks = itertools.count(0.0, 0.25)
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(ticks))
     summary = train(tiny_config(registry, steps=0, time=1.0), tmp_path / "t", registry=registry)
-    assert summary["train_time_s"] >= 1.0 and summary["steps"] > 10
+    assert summary["steps"] == 4 and summary["train_time_s"] == 1.0
 
 
 def test_token_budget(tmp_path, registry):
