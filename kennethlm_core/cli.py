@@ -8,6 +8,7 @@ exit with code 2; nothing prints a traceback for them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from datetime import datetime
@@ -147,8 +148,15 @@ def parse_run_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
 @click.option("--force", is_flag=True, help="Replace the run already in --out.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--nproc",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Train in N processes with DDP (launches torchrun with these arguments).",
+)
 @click.pass_context
-def run(ctx, out, resume, force, quiet, **params):
+def run(ctx, out, resume, force, quiet, nproc, **params):
     """Train a model and write a run folder.
 
     \b
@@ -156,11 +164,14 @@ def run(ctx, out, resume, force, quiet, **params):
     metrics.jsonl    step, tokens, train_time_s, lr, train_loss, val_bpb per evaluation
     model.safetensors, checkpoint.safetensors, tokenizer/, summary.json
     """
+    from kennethlm_core import distributed
     from kennethlm_core.config import build_config, resolve
-    from kennethlm_core.train import resume_config
+    from kennethlm_core.train import check_run_dir, preflight, resume_config
 
     registry = _registry(ctx)
     recipe, overrides = overrides_from(params)
+    if nproc < 1:
+        raise KLMError(f"--nproc must be at least 1, got {nproc}")
     if resume:
         if out or recipe or force:
             raise KLMError("--resume continues an existing run; drop --out, --recipe and --force")
@@ -168,12 +179,43 @@ def run(ctx, out, resume, force, quiet, **params):
         cfg = resume_config(out, overrides, registry)
     else:
         cfg = resolve(build_config(recipe, overrides), registry)
-        out = out or _default_out()
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: launch it
+        distributed.check_batch(cfg.batch_size, nproc)
+        preflight(cfg, registry)  # bad settings fail here, once, not in every process
+        if not resume:
+            out = out or _default_out()
+            check_run_dir(out, cfg, force)
+        sys.exit(distributed.launch(nproc, _launch_args(out)))
+    dist = distributed.setup()
+    if not resume:
+        out = out or dist.broadcast(_default_out())  # one folder for all processes
+    quiet = quiet or not dist.is_main
     console = _console(stderr=True)
     summary = _train_with_progress(
         cfg, out, registry, resume=bool(resume), force=force, quiet=quiet, console=console
     )
-    _print_summary(summary, out)
+    if dist.is_main:
+        _print_summary(summary, out)
+
+
+def _launch_args(out: Path) -> list[str]:
+    """This command's arguments for the processes torchrun starts: without --nproc, and with
+    the run folder chosen here."""
+    args, skip = [], False
+    for arg in _argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    if (
+        "--out" not in args
+        and "--resume" not in args
+        and not any(a.startswith(("--out=", "--resume=")) for a in args)
+    ):
+        args += ["--out", str(out)]
+    return args
 
 
 def _default_out() -> Path:
@@ -797,12 +839,17 @@ def registry_render(readme, check):
 # -- entry point -----------------------------------------------------------------------------
 
 
+_argv: list[str] = []  # the arguments of this invocation (klm run --nproc passes them on)
+
+
 def _showwarning(message, category, filename, lineno, file=None, line=None):
     print(f"klm: warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line and exit 2."""
+    global _argv
+    _argv = list(sys.argv[1:] if argv is None else argv)
     warnings.showwarning = _showwarning
     try:
         cli.main(args=argv, prog_name="klm", standalone_mode=False)

@@ -38,6 +38,7 @@ from kennethlm_core.checkpoint import (
 )
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, coerce, resolve, same_config
 from kennethlm_core.data import Batches, format_mix, mix_weights, prepare_data
+from kennethlm_core.distributed import check_batch, threads_per_process
 from kennethlm_core.errors import CheckpointError, ConfigError, KLMError
 from kennethlm_core.evaluate import bits_per_byte
 from kennethlm_core.model import build_model, count_params
@@ -222,6 +223,7 @@ class StopFlag:
 
     def __init__(self):
         self.signal: int | None = None
+        self._at = 0.0
         self._old: dict[int, Any] = {}
 
     def __enter__(self):
@@ -233,9 +235,12 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C: stop now
+        # A second Ctrl-C stops at once. One within a second of the first is the same request
+        # arriving twice (under torchrun: from the terminal and from torchrun).
+        if self.signal is not None and time.monotonic() - self._at > 1.0:
             raise KeyboardInterrupt
-        self.signal = signum
+        if self.signal is None:
+            self.signal, self._at = signum, time.monotonic()
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -271,6 +276,7 @@ def train(
     runs. ``progress`` receives ``progress(clock, fraction, train_loss, val_bpb,
     tokens_per_s)`` every few steps; ``on_eval`` receives each row written to metrics.jsonl.
     """
+    from kennethlm_core import distributed
     from kennethlm_core.plugins import get_registry
 
     registry = registry or get_registry()
@@ -281,22 +287,30 @@ def train(
     preflight(cfg, registry)
     if not resume:
         check_run_dir(out, cfg, force)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    # Multi-process (torchrun): see distributed.py. `dist` is inert in a single process.
+    dist = distributed.setup()
+    check_batch(cfg.batch_size, dist.world)
+    if cfg.threads or dist.active:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+        torch.set_num_threads(cfg.threads or threads_per_process(local))
     device = pick_device(cfg.device)
+    if dist.active and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     autocast, dtype = autocast_context(device, cfg.dtype)
 
     tokenizer = None
     if resume or source:  # the weights belong to this tokenizer
         tokenizer = registry.get("tokenizer", cfg.tokenizer).factory(cfg)
         tokenizer.load((source.parent if source else out) / "tokenizer")
-    data = prepare_data(cfg, registry, tokenizer=tokenizer, log=log)
+    with dist.main_first():  # rank 0 fills the token cache, the others then read it
+        data = prepare_data(cfg, registry, tokenizer=tokenizer, log=log)
     tokenizer = data.tokenizer
     mix = mix_weights(cfg.mix, data.train, cfg.block_size)
     cfg = cfg.replace(mix=format_mix(mix))  # config.json records the weights used
-    if not resume:
+    if not resume and dist.is_main:
         init_run_dir(out, cfg)
         tokenizer.save(out / "tokenizer")
+    dist.barrier()  # the run folder exists before any rank reads from it
     val_slice = data.val.head(cfg.eval_bytes)
 
     torch.manual_seed(cfg.seed)
@@ -329,7 +343,8 @@ def train(
             torch.cuda.set_rng_state(rng["cuda"])
         batches.set_state(rng["batches"])
 
-    step_fn = torch.compile(model) if cfg.compile else model
+    step_fn = dist.wrap(model)  # DistributedDataParallel with several processes
+    step_fn = torch.compile(step_fn) if cfg.compile else step_fn
 
     def evaluate() -> float:
         return bits_per_byte(
@@ -337,6 +352,10 @@ def train(
         ).bpb
 
     def checkpoint(path: Path = out / CHECKPOINT) -> None:
+        nonlocal last_checkpoint
+        last_checkpoint = clock.step
+        if not dist.is_main:
+            return
         rng = {"torch": torch.get_rng_state(), "batches": batches.state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
@@ -349,8 +368,6 @@ def train(
             "init_from": init_info,
         }
         save_checkpoint(path, model, optimizer, rng, meta)
-        nonlocal last_checkpoint
-        last_checkpoint = clock.step
 
     def done() -> bool:
         return (
@@ -373,14 +390,18 @@ def train(
         model.train()
         while True:
             finished = bool(done())
+            if cfg.time:  # clocks differ between processes: stop when the first runs out
+                finished = dist.any(finished, device)
             scheduled = clock.step % cfg.eval_every == 0 or finished
             if scheduled if first_eval is None else first_eval:
-                train_loss = (loss_sum / loss_steps).item() if loss_steps else float("nan")
+                mean_loss = dist.mean(loss_sum / max(1, loss_steps))  # over ranks
+                train_loss = mean_loss.item() if loss_steps else float("nan")
                 if loss_steps and not math.isfinite(train_loss):
                     raise _non_finite(clock, last_checkpoint, cfg, out)
-                last_val = evaluate()
-                lr = optimizer.param_groups[0]["lr"]
-                on_eval(_append_metrics(metrics_path, clock, lr, train_loss, last_val))
+                if dist.is_main:
+                    last_val = evaluate()
+                    lr = optimizer.param_groups[0]["lr"]
+                    on_eval(_append_metrics(metrics_path, clock, lr, train_loss, last_val))
                 loss_sum.zero_()
                 loss_steps = 0
                 checkpoint()
@@ -389,10 +410,11 @@ def train(
                 checkpoint(snapshot_path(out, clock.step))
             if finished:
                 break
-            if stop.signal is not None:
+            if dist.any(stop.signal is not None, device):  # every rank stops at the same step
                 checkpoint()
+                name = signal.Signals(stop.signal).name if stop.signal else "another process"
                 raise Interrupted(
-                    f"stopped by {signal.Signals(stop.signal).name} at step {clock.step}; the "
+                    f"stopped by {name} at step {clock.step}; the "
                     f"checkpoint is saved. Continue with: klm run --resume {out}"
                 )
 
@@ -400,7 +422,7 @@ def train(
             multiplier = schedule(clock.step, clock.progress(cfg))
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * multiplier
-            x, y = batches.next()
+            x, y = dist.shard(*batches.next())  # each rank: its rows of the global batch
             with autocast:
                 _, loss = step_fn(x, y)
             loss.backward()
@@ -416,7 +438,7 @@ def train(
             clock.tokens += tokens_per_step
             clock.train_time += time.perf_counter() - t0
 
-            if progress is not None and (clock.step % 10 == 0 or done()):
+            if progress is not None and dist.is_main and (clock.step % 10 == 0 or done()):
                 current = (loss_sum / max(1, loss_steps)).item()
                 if not math.isfinite(current):
                     raise _non_finite(clock, last_checkpoint, cfg, out)
@@ -425,6 +447,8 @@ def train(
                 last_report = (clock.train_time, clock.tokens)
                 progress(clock, clock.progress(cfg), current, last_val, tps)
 
+    if not dist.is_main:
+        return {}  # rank 0 scores the run and writes its files
     save_weights(model, out / WEIGHTS)
     log("scoring the validation split")
     final_slice = data.val.head(cfg.final_eval_bytes)
@@ -441,7 +465,7 @@ def train(
         "tokens_seen": clock.tokens,
         "train_time_s": clock.train_time,
         "tokens_per_s": clock.tokens / clock.train_time if clock.train_time else 0.0,
-        "device": describe_device(device),
+        "device": describe_device(device) + (f" x {dist.world} processes" if dist.active else ""),
         "dtype": dtype,
         "git_commit": git_commit(),
         "torch": torch.__version__,
