@@ -181,11 +181,14 @@ def init_run_dir(out: Path, cfg: RunConfig) -> None:
 
 
 def resume_config(out: Path, overrides: dict[str, Any], registry: Any) -> RunConfig:
-    """The saved config of ``out``; only the budget may change when resuming."""
-    if not (out / CHECKPOINT).exists():
-        if not (out / "config.json").exists():
-            raise CheckpointError(f"--resume {out}: not a run folder (no config.json)")
-        raise CheckpointError(f"--resume {out}: the run has no checkpoint yet; start it again")
+    """The saved config of ``out``; only the budget may change when resuming.
+
+    A run stopped before its first checkpoint resumes by starting again (train does that).
+    """
+    if not (out / "config.json").exists():
+        raise CheckpointError(
+            f"--resume {out}: not a run folder (no config.json); give a folder made by klm run"
+        )
     cfg = load_run_config(out, registry)
     overrides = {k: coerce(k, v, cfg.get(k)) for k, v in overrides.items()}
     changed = {k for k, v in overrides.items() if k not in BUDGET_KEYS and cfg.get(k) != v}
@@ -283,6 +286,9 @@ def train(
     out = Path(out)
     if resume and init_from is not None:
         raise ConfigError("a resumed run continues its own checkpoint; drop init_from")
+    if resume and not (out / CHECKPOINT).exists():  # stopped before its first checkpoint
+        log(f"{out} has no checkpoint yet: starting the run again")
+        resume, force = False, True
     source = branch_source(init_from, cfg) if init_from is not None else None
     preflight(cfg, registry)
     if not resume:
@@ -328,6 +334,9 @@ def train(
     rng: dict[str, torch.Tensor] | None = None
 
     if resume:
+        if dist.is_main:  # temporary files of a write that a kill interrupted
+            for stale in out.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         rng, meta = load_checkpoint(out / CHECKPOINT, model, optimizer)
         clock = Clock(meta["step"], meta["tokens"], meta["train_time_s"])
         loss_sum_saved, loss_steps_saved = meta.get("loss_sum", 0.0), meta.get("loss_steps", 0)
@@ -396,7 +405,7 @@ def train(
             if scheduled if first_eval is None else first_eval:
                 mean_loss = dist.mean(loss_sum / max(1, loss_steps))  # over ranks
                 train_loss = mean_loss.item() if loss_steps else float("nan")
-                if loss_steps and not math.isfinite(train_loss):
+                if loss_steps and not math.isfinite(train_loss) or not _finite(model):
                     raise _non_finite(clock, last_checkpoint, cfg, out)
                 if dist.is_main:
                     last_val = evaluate()
@@ -550,11 +559,21 @@ def start_from(
 
 
 def _non_finite(clock: Clock, last_good: int, cfg: RunConfig, out: Path) -> NonFiniteLoss:
+    tries = [f"a lower --lr (now {cfg.lr:g})"]
+    if not cfg.grad_clip:
+        tries.append("--set grad_clip=1.0")
+    if cfg.dtype != "float32":
+        tries.append("--dtype float32")
     return NonFiniteLoss(
         f"the training loss became non-finite by step {clock.step}; the last good checkpoint "
-        f"(step {last_good}) is kept in {out}. "
-        f"Try a lower --lr (now {cfg.lr:g}), --set grad_clip=1.0 or --dtype float32"
+        f"(step {last_good}) is kept in {out}. Try {' or '.join(tries)}, then start again "
+        "with --force (--resume would continue from that checkpoint with the same settings)"
     )
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    """Whether every weight is finite: a checkpoint is written only when it is."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _append_metrics(path: Path, clock: Clock, lr: float, train_loss: float, val_bpb: float) -> dict:
