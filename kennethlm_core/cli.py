@@ -234,6 +234,7 @@ def _train_with_progress(cfg, out, registry, *, resume, force, quiet, console):
     from kennethlm_core.train import preflight, train
 
     preflight(cfg, registry)  # refuse bad settings before drawing anything
+    flush_warnings()  # the components it needs are loaded: other plugins' warnings now
 
     def line(row):
         if not quiet:
@@ -840,10 +841,51 @@ def registry_render(readme, check):
 
 
 _argv: list[str] = []  # the arguments of this invocation (klm run --nproc passes them on)
+_held: list[str] = []  # warnings about broken plugins, printed by flush_warnings
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
-    print(f"klm: warning: {message}", file=sys.stderr)
+    from kennethlm_core.plugins import PluginWarning
+
+    if issubclass(category, PluginWarning):  # held: an error about that plugin says it all
+        _held.append(str(message))
+    else:
+        print(f"klm: warning: {message}", file=sys.stderr)
+
+
+def flush_warnings(error: str = "") -> None:
+    """Print the held plugin warnings, except those about a plugin the error names."""
+    for message in _held:
+        plugin = message.split("'")[1] if message.count("'") >= 2 else message
+        if f"'{plugin}'" not in error:
+            print(f"klm: warning: {message}", file=sys.stderr)
+    _held.clear()
+
+
+def _plugin_failure(error: BaseException) -> str | None:
+    """One line for an exception raised inside a plugin's code (a bug in the plugin, not in
+    the user's input), or None when it came from elsewhere."""
+    import traceback
+
+    from kennethlm_core.plugins import _cache
+
+    modules = {}
+    for registry in _cache.values():
+        for name, module in registry.pm.list_name_plugin():
+            path = getattr(module, "__file__", None)
+            if path and name in registry._dist and registry._dist[name][0] != "kennethlm":
+                modules[str(Path(path).resolve())] = (name, registry._dist[name][0])
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        hit = modules.get(str(Path(frame.filename).resolve()))
+        if hit:
+            name, dist = hit
+            what = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            return (
+                f"plugin '{name}' ({dist}) failed: {what} (line {frame.lineno} of "
+                f"{Path(frame.filename).name}); report it to its authors, or run without it: "
+                f"--disable-plugin {name}"
+            )
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -864,6 +906,16 @@ def main(argv: list[str] | None = None) -> None:
     except KLMError as e:
         from kennethlm_core.train import Interrupted
 
+        flush_warnings(str(e))
         print(f"klm: {'stopped' if isinstance(e, Interrupted) else 'error'}: {e}", file=sys.stderr)
         sys.exit(130 if isinstance(e, Interrupted) else 2)
+    except Exception as e:
+        message = _plugin_failure(e)
+        if message is None:
+            flush_warnings()
+            raise  # a bug in KennethLM itself: the traceback is for its developers
+        flush_warnings(message)
+        print(f"klm: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    flush_warnings()
     sys.exit(0)

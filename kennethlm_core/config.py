@@ -318,6 +318,13 @@ def resolve(cfg: RunConfig, registry: Any) -> RunConfig:
         cfg.options.setdefault(key, default)
     check_values(cfg)
     check_pairs(chosen, registry)
+    for comp in chosen.values():  # register(..., max_block_size=N): the longest context
+        limit = comp.extra.get("max_block_size")
+        if limit is not None and cfg.block_size > limit:
+            raise ConfigError(
+                f"{comp.slot} '{comp.name}' allows a context of at most {limit} tokens, "
+                f"block_size is {cfg.block_size}; use --block-size {limit} or another {comp.slot}"
+            )
     return cfg
 
 

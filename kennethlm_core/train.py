@@ -255,7 +255,22 @@ def preflight(cfg: RunConfig, registry: Any) -> None:
     component refuses fails now, before any data is read or any file written."""
     registry.get("tokenizer", cfg.tokenizer).factory(cfg)
     with torch.device("meta"):
-        build_model(cfg, 256, registry)
+        params = count_params(build_model(cfg, 256, registry))
+    need = params * 16  # float32 weights, gradients and two optimizer moments
+    memory = _memory_bytes()
+    if pick_device(cfg.device).type == "cpu" and memory and need > memory:
+        raise ConfigError(
+            f"the model has {params:,} parameters: training needs about {need / 1e9:,.0f} GB, "
+            f"this machine has {memory / 1e9:,.0f} GB; use a smaller --n-embd or --n-layer"
+        )
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def train(
