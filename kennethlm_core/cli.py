@@ -906,8 +906,12 @@ def main(argv: list[str] | None = None) -> None:
     except KLMError as e:
         from kennethlm_core.train import Interrupted
 
-        flush_warnings(str(e))
-        print(f"klm: {'stopped' if isinstance(e, Interrupted) else 'error'}: {e}", file=sys.stderr)
+        message = " ".join(str(e).splitlines())  # one line, whatever the input held
+        flush_warnings(message)
+        print(
+            f"klm: {'stopped' if isinstance(e, Interrupted) else 'error'}: {message}",
+            file=sys.stderr,
+        )
         sys.exit(130 if isinstance(e, Interrupted) else 2)
     except Exception as e:
         message = _plugin_failure(e)
