@@ -356,10 +356,11 @@ def train(
         clock = Clock(meta["step"], meta["tokens"], meta["train_time_s"])
         loss_sum_saved, loss_steps_saved = meta.get("loss_sum", 0.0), meta.get("loss_steps", 0)
         init_info = meta.get("init_from")
-        _truncate_metrics(metrics_path, clock.step)
+        if dist.is_main:
+            _truncate_metrics(metrics_path, clock.step)
         log(f"resuming {out} at step {clock.step}")
     elif source:
-        clock, rng = start_from(source, cfg, model, optimizer, metrics_path, log)
+        clock, rng = start_from(source, cfg, model, optimizer, metrics_path, log, dist.is_main)
         init_info = {"checkpoint": str(source), "step": clock.step}
     if rng is not None:
         torch.set_rng_state(rng["torch"])
@@ -420,7 +421,7 @@ def train(
             if scheduled if first_eval is None else first_eval:
                 mean_loss = dist.mean(loss_sum / max(1, loss_steps))  # over ranks
                 train_loss = mean_loss.item() if loss_steps else float("nan")
-                if loss_steps and not math.isfinite(train_loss) or not _finite(model):
+                if (loss_steps and not math.isfinite(train_loss)) or not _finite(model):
                     raise _non_finite(clock, last_checkpoint, cfg, out)
                 if dist.is_main:
                     last_val = evaluate()
@@ -534,6 +535,7 @@ def start_from(
     optimizer: torch.optim.Optimizer,
     metrics_path: Path,
     log: Callable[[str], None],
+    write: bool = True,
 ) -> tuple[Clock, dict[str, torch.Tensor] | None]:
     """Load another run's checkpoint into a new run; return its clock and random state.
 
@@ -567,7 +569,8 @@ def start_from(
             "a fresh optimizer"
         )
     rows = [r for r in read_metrics(source.parent) if r["step"] < meta["step"]]
-    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    if write:  # rank 0 only, with several processes
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
     rng = {k[len("rng.") :]: v for k, v in tensors.items() if k.startswith("rng.")}
     clock = Clock(meta["step"], meta["tokens"], meta["train_time_s"])
     return clock, rng if src.get("seed") == cfg.seed else None
