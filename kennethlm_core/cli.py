@@ -907,6 +907,8 @@ def main(argv: list[str] | None = None) -> None:
         from kennethlm_core.train import Interrupted
 
         message = " ".join(str(e).splitlines())  # one line, whatever the input held
+        if isinstance(e, Interrupted) and os.environ.get("RANK", "0") != "0":
+            sys.exit(130)  # several processes: rank 0 says it once
         flush_warnings(message)
         print(
             f"klm: {'stopped' if isinstance(e, Interrupted) else 'error'}: {message}",

@@ -169,10 +169,16 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         *args,
     ]
     proc = subprocess.Popen(command, env=env, start_new_session=True)
-    forward = lambda signum, frame: proc.send_signal(signum)
+    stopped = []
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        proc.send_signal(signum)
+
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
+        code = proc.wait()
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+    return 130 if stopped else code  # stopped: the workers checkpointed (torchrun says 1)

@@ -441,6 +441,7 @@ def train(
                 raise Interrupted(
                     f"stopped by {name} at step {clock.step}; the "
                     f"checkpoint is saved. Continue with: klm run --resume {out}"
+                    + (f" --nproc {dist.world}" if dist.active else "")
                 )
 
             t0 = time.perf_counter()
