@@ -8,6 +8,7 @@ exit with code 2; nothing prints a traceback for them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from datetime import datetime
@@ -157,8 +158,15 @@ def parse_run_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
 @click.option("--force", is_flag=True, help="Replace the run already in --out.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--nproc",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Train in N processes with DDP (launches torchrun with these arguments).",
+)
 @click.pass_context
-def run(ctx, out, resume, force, quiet, **params):
+def run(ctx, out, resume, force, quiet, nproc, **params):
     """Train a model and write a run folder.
 
     \b
@@ -166,11 +174,14 @@ def run(ctx, out, resume, force, quiet, **params):
     metrics.jsonl    step, tokens, train_time_s, lr, train_loss, val_bpb per evaluation
     model.safetensors, checkpoint.safetensors, tokenizer/, summary.json
     """
+    from kennethlm_core import distributed
     from kennethlm_core.config import build_config, resolve
-    from kennethlm_core.train import resume_config
+    from kennethlm_core.train import check_run_dir, preflight, resume_config
 
     registry = _registry(ctx)
     recipe, overrides = overrides_from(params)
+    if nproc < 1:
+        raise KLMError(f"--nproc must be at least 1, got {nproc}")
     if resume:
         if out or recipe or force:
             raise KLMError("--resume continues an existing run; drop --out, --recipe and --force")
@@ -178,12 +189,43 @@ def run(ctx, out, resume, force, quiet, **params):
         cfg = resume_config(out, overrides, registry)
     else:
         cfg = resolve(build_config(recipe, overrides), registry)
-        out = out or _default_out()
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: launch it
+        distributed.check_batch(cfg.batch_size, nproc)
+        preflight(cfg, registry)  # bad settings fail here, once, not in every process
+        if not resume:
+            out = out or _default_out()
+            check_run_dir(out, cfg, force)
+        sys.exit(distributed.launch(nproc, _launch_args(out)))
+    dist = distributed.setup()
+    if not resume:
+        out = out or dist.broadcast(_default_out())  # one folder for all processes
+    quiet = quiet or not dist.is_main
     console = _console(stderr=True)
     summary = _train_with_progress(
         cfg, out, registry, resume=bool(resume), force=force, quiet=quiet, console=console
     )
-    _print_summary(summary, out)
+    if dist.is_main:
+        _print_summary(summary, out)
+
+
+def _launch_args(out: Path) -> list[str]:
+    """This command's arguments for the processes torchrun starts: without --nproc, and with
+    the run folder chosen here."""
+    args, skip = [], False
+    for arg in _argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    if (
+        "--out" not in args
+        and "--resume" not in args
+        and not any(a.startswith(("--out=", "--resume=")) for a in args)
+    ):
+        args += ["--out", str(out)]
+    return args
 
 
 def _default_out() -> Path:
@@ -202,6 +244,7 @@ def _train_with_progress(cfg, out, registry, *, resume, force, quiet, console):
     from kennethlm_core.train import preflight, train
 
     preflight(cfg, registry)  # refuse bad settings before drawing anything
+    flush_warnings()  # the components it needs are loaded: other plugins' warnings now
 
     def line(row):
         if not quiet:
@@ -807,12 +850,58 @@ def registry_render(readme, check):
 # -- entry point -----------------------------------------------------------------------------
 
 
+_argv: list[str] = []  # the arguments of this invocation (klm run --nproc passes them on)
+_held: list[str] = []  # warnings about broken plugins, printed by flush_warnings
+
+
 def _showwarning(message, category, filename, lineno, file=None, line=None):
-    print(f"klm: warning: {message}", file=sys.stderr)
+    from kennethlm_core.plugins import PluginWarning
+
+    if issubclass(category, PluginWarning):  # held: an error about that plugin says it all
+        _held.append(str(message))
+    else:
+        print(f"klm: warning: {message}", file=sys.stderr)
+
+
+def flush_warnings(error: str = "") -> None:
+    """Print the held plugin warnings, except those about a plugin the error names."""
+    for message in _held:
+        plugin = message.split("'")[1] if message.count("'") >= 2 else message
+        if f"'{plugin}'" not in error:
+            print(f"klm: warning: {message}", file=sys.stderr)
+    _held.clear()
+
+
+def _plugin_failure(error: BaseException) -> str | None:
+    """One line for an exception raised inside a plugin's code (a bug in the plugin, not in
+    the user's input), or None when it came from elsewhere."""
+    import traceback
+
+    from kennethlm_core.plugins import _cache
+
+    modules = {}
+    for registry in _cache.values():
+        for name, module in registry.pm.list_name_plugin():
+            path = getattr(module, "__file__", None)
+            if path and name in registry._dist and registry._dist[name][0] != "kennethlm":
+                modules[str(Path(path).resolve())] = (name, registry._dist[name][0])
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        hit = modules.get(str(Path(frame.filename).resolve()))
+        if hit:
+            name, dist = hit
+            what = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            return (
+                f"plugin '{name}' ({dist}) failed: {what} (line {frame.lineno} of "
+                f"{Path(frame.filename).name}); report it to its authors, or run without it: "
+                f"--disable-plugin {name}"
+            )
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line and exit 2."""
+    global _argv
+    _argv = list(sys.argv[1:] if argv is None else argv)
     warnings.showwarning = _showwarning
     try:
         cli.main(args=argv, prog_name="klm", standalone_mode=False)
@@ -827,6 +916,22 @@ def main(argv: list[str] | None = None) -> None:
     except KLMError as e:
         from kennethlm_core.train import Interrupted
 
-        print(f"klm: {'stopped' if isinstance(e, Interrupted) else 'error'}: {e}", file=sys.stderr)
+        message = " ".join(str(e).splitlines())  # one line, whatever the input held
+        if isinstance(e, Interrupted) and os.environ.get("RANK", "0") != "0":
+            sys.exit(130)  # several processes: rank 0 says it once
+        flush_warnings(message)
+        print(
+            f"klm: {'stopped' if isinstance(e, Interrupted) else 'error'}: {message}",
+            file=sys.stderr,
+        )
         sys.exit(130 if isinstance(e, Interrupted) else 2)
+    except Exception as e:
+        message = _plugin_failure(e)
+        if message is None:
+            flush_warnings()
+            raise  # a bug in KennethLM itself: the traceback is for its developers
+        flush_warnings(message)
+        print(f"klm: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    flush_warnings()
     sys.exit(0)

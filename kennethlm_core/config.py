@@ -124,7 +124,7 @@ def parse_duration(text: str | float | int) -> float:
         return float(text)
     m = _DURATION.match(text.strip().lower())
     if not text.strip() or not m or not any(m.groups()):
-        raise ConfigError(f"cannot read duration '{text}'; write it like 90s, 15m or 1h30m")
+        raise ConfigError(f"cannot read duration {text!r}; write it like 90s, 15m or 1h30m")
     h, mins, s = (float(g) if g else 0.0 for g in m.groups())
     return h * 3600 + mins * 60 + s
 
@@ -139,8 +139,8 @@ def parse_count(text: str | int) -> int:
         if t and t[-1] in scale:
             return int(float(t[:-1]) * scale[t[-1]])
         return int(float(t))
-    except ValueError:
-        raise ConfigError(f"cannot read count '{text}'; write it like 600, 500k or 2M") from None
+    except (ValueError, OverflowError):
+        raise ConfigError(f"cannot read count {text!r}; write it like 600, 500k or 2M") from None
 
 
 def coerce(key: str, value: Any, like: Any) -> Any:
@@ -170,9 +170,9 @@ def coerce(key: str, value: Any, like: Any) -> Any:
             return int(float(text)) if re.fullmatch(r"-?\d+(\.0*)?(e\d+)?", text) else int(text)
         if isinstance(like, float):
             return float(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         kind = {bool: "true or false", int: "an integer", float: "a number"}[type(like)]
-        raise ConfigError(f"{key} must be {kind}, got '{value}'") from None
+        raise ConfigError(f"{key} must be {kind}, got {value!r}") from None
     if like is None:  # an option without a typed default: guess from the text
         try:
             return json.loads(text)
@@ -187,7 +187,7 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z_][\w.-]*", key.strip()):
-            raise ConfigError(f"--set expects key=value, got '{item}' (for example --set lr=3e-4)")
+            raise ConfigError(f"--set expects key=value, got {item!r} (for example --set lr=3e-4)")
         out[key.strip().replace("-", "_")] = value.strip()
     return out
 
@@ -207,7 +207,7 @@ def parse_mix(text: str) -> dict[str, float]:
         if not math.isfinite(weight) or weight < 0:
             raise ConfigError(
                 f"--mix expects domain=weight pairs with weights >= 0, like "
-                f"books=0.5,speech=0.3,wiki=0.2; got '{item}'"
+                f"books=0.5,speech=0.3,wiki=0.2; got {item!r}"
             )
         if name in out:
             raise ConfigError(f"--mix gives domain '{name}' twice; give each domain once")
@@ -321,6 +321,13 @@ def resolve(cfg: RunConfig, registry: Any) -> RunConfig:
         cfg.options.setdefault(key, default)
     check_values(cfg)
     check_pairs(chosen, registry)
+    for comp in chosen.values():  # register(..., max_block_size=N): the longest context
+        limit = comp.extra.get("max_block_size")
+        if limit is not None and cfg.block_size > limit:
+            raise ConfigError(
+                f"{comp.slot} '{comp.name}' allows a context of at most {limit} tokens, "
+                f"block_size is {cfg.block_size}; use --block-size {limit} or another {comp.slot}"
+            )
     return cfg
 
 

@@ -207,8 +207,14 @@ class Registry:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'? " if close else ""
         broken = ""
+        for b in self.broken:  # entry points are named <slot>-<name> by convention
+            if b.plugin in (f"{slot}-{name}", name):
+                raise UnknownComponent(
+                    f"{slot} '{name}' is in plugin '{b.plugin}' ({b.distribution}), which "
+                    f"failed to load ({b.error}); reinstall or fix it, or choose another {slot}"
+                )
         if self.broken:
-            names = ", ".join(b.plugin for b in self.broken)
+            names = ", ".join(f"'{b.plugin}'" for b in self.broken)
             broken = f"; broken plugins not loaded: {names}"
         raise UnknownComponent(
             f"unknown {slot} '{name}'; {hint}known: {', '.join(known) or '(none)'}{broken}"

@@ -38,6 +38,7 @@ from kennethlm_core.checkpoint import (
 )
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, coerce, resolve, same_config
 from kennethlm_core.data import Batches, format_mix, mix_weights, prepare_data
+from kennethlm_core.distributed import check_batch, threads_per_process
 from kennethlm_core.errors import CheckpointError, ConfigError, KLMError
 from kennethlm_core.evaluate import bits_per_byte
 from kennethlm_core.model import build_model, count_params
@@ -180,11 +181,14 @@ def init_run_dir(out: Path, cfg: RunConfig) -> None:
 
 
 def resume_config(out: Path, overrides: dict[str, Any], registry: Any) -> RunConfig:
-    """The saved config of ``out``; only the budget may change when resuming."""
-    if not (out / CHECKPOINT).exists():
-        if not (out / "config.json").exists():
-            raise CheckpointError(f"--resume {out}: not a run folder (no config.json)")
-        raise CheckpointError(f"--resume {out}: the run has no checkpoint yet; start it again")
+    """The saved config of ``out``; only the budget may change when resuming.
+
+    A run stopped before its first checkpoint resumes by starting again (train does that).
+    """
+    if not (out / "config.json").exists():
+        raise CheckpointError(
+            f"--resume {out}: not a run folder (no config.json); give a folder made by klm run"
+        )
     cfg = load_run_config(out, registry)
     overrides = {k: coerce(k, v, cfg.get(k)) for k, v in overrides.items()}
     changed = {k for k, v in overrides.items() if k not in BUDGET_KEYS and cfg.get(k) != v}
@@ -222,6 +226,7 @@ class StopFlag:
 
     def __init__(self):
         self.signal: int | None = None
+        self._at = 0.0
         self._old: dict[int, Any] = {}
 
     def __enter__(self):
@@ -233,9 +238,12 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C: stop now
+        # A second Ctrl-C stops at once. One within a second of the first is the same request
+        # arriving twice (under torchrun: from the terminal and from torchrun).
+        if self.signal is not None and time.monotonic() - self._at > 1.0:
             raise KeyboardInterrupt
-        self.signal = signum
+        if self.signal is None:
+            self.signal, self._at = signum, time.monotonic()
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -247,7 +255,22 @@ def preflight(cfg: RunConfig, registry: Any) -> None:
     component refuses fails now, before any data is read or any file written."""
     registry.get("tokenizer", cfg.tokenizer).factory(cfg)
     with torch.device("meta"):
-        build_model(cfg, 256, registry)
+        params = count_params(build_model(cfg, 256, registry))
+    need = params * 16  # float32 weights, gradients and two optimizer moments
+    memory = _memory_bytes()
+    if pick_device(cfg.device).type == "cpu" and memory and need > memory:
+        raise ConfigError(
+            f"the model has {params:,} parameters: training needs about {need / 1e9:,.0f} GB, "
+            f"this machine has {memory / 1e9:,.0f} GB; use a smaller --n-embd or --n-layer"
+        )
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def train(
@@ -271,32 +294,44 @@ def train(
     runs. ``progress`` receives ``progress(clock, fraction, train_loss, val_bpb,
     tokens_per_s)`` every few steps; ``on_eval`` receives each row written to metrics.jsonl.
     """
+    from kennethlm_core import distributed
     from kennethlm_core.plugins import get_registry
 
     registry = registry or get_registry()
     out = Path(out)
     if resume and init_from is not None:
         raise ConfigError("a resumed run continues its own checkpoint; drop init_from")
+    if resume and not (out / CHECKPOINT).exists():  # stopped before its first checkpoint
+        log(f"{out} has no checkpoint yet: starting the run again")
+        resume, force = False, True
     source = branch_source(init_from, cfg) if init_from is not None else None
     preflight(cfg, registry)
     if not resume:
         check_run_dir(out, cfg, force)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    # Multi-process (torchrun): see distributed.py. `dist` is inert in a single process.
+    dist = distributed.setup()
+    check_batch(cfg.batch_size, dist.world)
+    if cfg.threads or dist.active:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+        torch.set_num_threads(cfg.threads or threads_per_process(local))
     device = pick_device(cfg.device)
+    if dist.active and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     autocast, dtype = autocast_context(device, cfg.dtype)
 
     tokenizer = None
     if resume or source:  # the weights belong to this tokenizer
         tokenizer = registry.get("tokenizer", cfg.tokenizer).factory(cfg)
         tokenizer.load((source.parent if source else out) / "tokenizer")
-    data = prepare_data(cfg, registry, tokenizer=tokenizer, log=log)
+    with dist.main_first():  # rank 0 fills the token cache, the others then read it
+        data = prepare_data(cfg, registry, tokenizer=tokenizer, log=log)
     tokenizer = data.tokenizer
     mix = mix_weights(cfg.mix, data.train, cfg.block_size)
     cfg = cfg.replace(mix=format_mix(mix))  # config.json records the weights used
-    if not resume:
+    if not resume and dist.is_main:
         init_run_dir(out, cfg)
         tokenizer.save(out / "tokenizer")
+    dist.barrier()  # the run folder exists before any rank reads from it
     val_slice = data.val.head(cfg.eval_bytes)
 
     torch.manual_seed(cfg.seed)
@@ -314,14 +349,18 @@ def train(
     rng: dict[str, torch.Tensor] | None = None
 
     if resume:
+        if dist.is_main:  # temporary files of a write that a kill interrupted
+            for stale in out.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         rng, meta = load_checkpoint(out / CHECKPOINT, model, optimizer)
         clock = Clock(meta["step"], meta["tokens"], meta["train_time_s"])
         loss_sum_saved, loss_steps_saved = meta.get("loss_sum", 0.0), meta.get("loss_steps", 0)
         init_info = meta.get("init_from")
-        _truncate_metrics(metrics_path, clock.step)
+        if dist.is_main:
+            _truncate_metrics(metrics_path, clock.step)
         log(f"resuming {out} at step {clock.step}")
     elif source:
-        clock, rng = start_from(source, cfg, model, optimizer, metrics_path, log)
+        clock, rng = start_from(source, cfg, model, optimizer, metrics_path, log, dist.is_main)
         init_info = {"checkpoint": str(source), "step": clock.step}
     if rng is not None:
         torch.set_rng_state(rng["torch"])
@@ -329,7 +368,8 @@ def train(
             torch.cuda.set_rng_state(rng["cuda"])
         batches.set_state(rng["batches"])
 
-    step_fn = torch.compile(model) if cfg.compile else model
+    step_fn = dist.wrap(model)  # DistributedDataParallel with several processes
+    step_fn = torch.compile(step_fn) if cfg.compile else step_fn
 
     def evaluate() -> float:
         return bits_per_byte(
@@ -337,6 +377,10 @@ def train(
         ).bpb
 
     def checkpoint(path: Path = out / CHECKPOINT) -> None:
+        nonlocal last_checkpoint
+        last_checkpoint = clock.step
+        if not dist.is_main:
+            return
         rng = {"torch": torch.get_rng_state(), "batches": batches.state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
@@ -349,8 +393,6 @@ def train(
             "init_from": init_info,
         }
         save_checkpoint(path, model, optimizer, rng, meta)
-        nonlocal last_checkpoint
-        last_checkpoint = clock.step
 
     def done() -> bool:
         return (
@@ -373,14 +415,18 @@ def train(
         model.train()
         while True:
             finished = bool(done())
+            if cfg.time:  # clocks differ between processes: stop when the first runs out
+                finished = dist.any(finished, device)
             scheduled = clock.step % cfg.eval_every == 0 or finished
             if scheduled if first_eval is None else first_eval:
-                train_loss = (loss_sum / loss_steps).item() if loss_steps else float("nan")
-                if loss_steps and not math.isfinite(train_loss):
+                mean_loss = dist.mean(loss_sum / max(1, loss_steps))  # over ranks
+                train_loss = mean_loss.item() if loss_steps else float("nan")
+                if (loss_steps and not math.isfinite(train_loss)) or not _finite(model):
                     raise _non_finite(clock, last_checkpoint, cfg, out)
-                last_val = evaluate()
-                lr = optimizer.param_groups[0]["lr"]
-                on_eval(_append_metrics(metrics_path, clock, lr, train_loss, last_val))
+                if dist.is_main:
+                    last_val = evaluate()
+                    lr = optimizer.param_groups[0]["lr"]
+                    on_eval(_append_metrics(metrics_path, clock, lr, train_loss, last_val))
                 loss_sum.zero_()
                 loss_steps = 0
                 checkpoint()
@@ -389,18 +435,20 @@ def train(
                 checkpoint(snapshot_path(out, clock.step))
             if finished:
                 break
-            if stop.signal is not None:
+            if dist.any(stop.signal is not None, device):  # every rank stops at the same step
                 checkpoint()
+                name = signal.Signals(stop.signal).name if stop.signal else "another process"
                 raise Interrupted(
-                    f"stopped by {signal.Signals(stop.signal).name} at step {clock.step}; the "
+                    f"stopped by {name} at step {clock.step}; the "
                     f"checkpoint is saved. Continue with: klm run --resume {out}"
+                    + (f" --nproc {dist.world}" if dist.active else "")
                 )
 
             t0 = time.perf_counter()
             multiplier = schedule(clock.step, clock.progress(cfg))
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * multiplier
-            x, y = batches.next()
+            x, y = dist.shard(*batches.next())  # each rank: its rows of the global batch
             with autocast:
                 _, loss = step_fn(x, y)
             loss.backward()
@@ -416,7 +464,7 @@ def train(
             clock.tokens += tokens_per_step
             clock.train_time += time.perf_counter() - t0
 
-            if progress is not None and (clock.step % 10 == 0 or done()):
+            if progress is not None and dist.is_main and (clock.step % 10 == 0 or done()):
                 current = (loss_sum / max(1, loss_steps)).item()
                 if not math.isfinite(current):
                     raise _non_finite(clock, last_checkpoint, cfg, out)
@@ -425,6 +473,8 @@ def train(
                 last_report = (clock.train_time, clock.tokens)
                 progress(clock, clock.progress(cfg), current, last_val, tps)
 
+    if not dist.is_main:
+        return {}  # rank 0 scores the run and writes its files
     save_weights(model, out / WEIGHTS)
     log("scoring the validation split")
     final_slice = data.val.head(cfg.final_eval_bytes)
@@ -441,7 +491,7 @@ def train(
         "tokens_seen": clock.tokens,
         "train_time_s": clock.train_time,
         "tokens_per_s": clock.tokens / clock.train_time if clock.train_time else 0.0,
-        "device": describe_device(device),
+        "device": describe_device(device) + (f" x {dist.world} processes" if dist.active else ""),
         "dtype": dtype,
         "git_commit": git_commit(),
         "torch": torch.__version__,
@@ -486,6 +536,7 @@ def start_from(
     optimizer: torch.optim.Optimizer,
     metrics_path: Path,
     log: Callable[[str], None],
+    write: bool = True,
 ) -> tuple[Clock, dict[str, torch.Tensor] | None]:
     """Load another run's checkpoint into a new run; return its clock and random state.
 
@@ -519,18 +570,29 @@ def start_from(
             "a fresh optimizer"
         )
     rows = [r for r in read_metrics(source.parent) if r["step"] < meta["step"]]
-    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    if write:  # rank 0 only, with several processes
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
     rng = {k[len("rng.") :]: v for k, v in tensors.items() if k.startswith("rng.")}
     clock = Clock(meta["step"], meta["tokens"], meta["train_time_s"])
     return clock, rng if src.get("seed") == cfg.seed else None
 
 
 def _non_finite(clock: Clock, last_good: int, cfg: RunConfig, out: Path) -> NonFiniteLoss:
+    tries = [f"a lower --lr (now {cfg.lr:g})"]
+    if not cfg.grad_clip:
+        tries.append("--set grad_clip=1.0")
+    if cfg.dtype != "float32":
+        tries.append("--dtype float32")
     return NonFiniteLoss(
         f"the training loss became non-finite by step {clock.step}; the last good checkpoint "
-        f"(step {last_good}) is kept in {out}. "
-        f"Try a lower --lr (now {cfg.lr:g}), --set grad_clip=1.0 or --dtype float32"
+        f"(step {last_good}) is kept in {out}. Try {' or '.join(tries)}, then start again "
+        "with --force (--resume would continue from that checkpoint with the same settings)"
     )
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    """Whether every weight is finite: a checkpoint is written only when it is."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _append_metrics(path: Path, clock: Clock, lr: float, train_loss: float, val_bpb: float) -> dict:

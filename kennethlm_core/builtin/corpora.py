@@ -99,12 +99,17 @@ class PathCorpus(Corpus):
         return Document(id=str(path), text=text, domain="default")
 
     def _table_documents(self, path: Path) -> Iterator[Document]:
+        if path.stat().st_size == 0:  # an empty file holds no documents
+            return
         datasets = _quiet_datasets()
         try:
             ds = datasets.load_dataset(builder_for(path), data_files=str(path), split="train")
         except Exception as e:
+            kind = builder_for(path)
+            expected = "one JSON object per line, in UTF-8" if kind == "json" else f"a {kind} file"
             raise DataError(
-                f"{path}: cannot read it as {builder_for(path)} ({_first_line(e)})"
+                f"{path}: cannot read it as {kind} ({_first_line(e)}); it must be {expected}, "
+                "with a 'text' column: fix the file or leave it out of --corpus"
             ) from None
         if "text" not in ds.column_names:
             raise DataError(
@@ -113,7 +118,7 @@ class PathCorpus(Corpus):
             )
         columns = [c for c in ("id", "text", "domain") if c in ds.column_names]
         row = 0
-        for batch in ds.select_columns(columns).iter(batch_size=1000):
+        for batch in _utf8_rows(ds.select_columns(columns).iter(batch_size=1000), path):
             n = len(batch["text"])
             ids = batch.get("id") or [None] * n
             domains = batch.get("domain") or [None] * n
@@ -122,6 +127,19 @@ class PathCorpus(Corpus):
                     doc_id = str(i) if i is not None else f"{path.name}:{row}"
                     yield Document(id=doc_id, text=text, domain=str(domain or "default"))
                 row += 1
+
+
+def _utf8_rows(batches: Iterator[dict], path: Path) -> Iterator[dict]:
+    """The batches, or one clear error for text that is not UTF-8 (JSON and parquet text must
+    be; a .txt file is decoded with replacement instead, see PathCorpus)."""
+    try:
+        yield from batches
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: text that is not UTF-8 ({e.reason} at byte {e.start} of a value); "
+            "convert the file to UTF-8 (iconv -f latin1 -t utf-8), or give the text as .txt, "
+            "which is decoded with replacement"
+        ) from None
 
 
 class HubCorpus(Corpus):
