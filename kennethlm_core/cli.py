@@ -103,6 +103,12 @@ def run_options(f):
         click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--dtype", help="auto, float32 or bfloat16 (autocast)."),
         click.option(
+            "--compile/--no-compile",
+            "compile_",
+            default=None,
+            help="torch.compile the model for training (compilation counts as training time).",
+        ),
+        click.option(
             "--set",
             "settings",
             multiple=True,
@@ -125,6 +131,9 @@ def overrides_from(params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     if params.get("time_") is not None:
         params["time"] = params.pop("time_")
     params.pop("time_", None)
+    if params.get("compile_") is not None:
+        params["compile"] = params.pop("compile_")
+    params.pop("compile_", None)
     overrides = {k: v for k, v in params.items() if v is not None}
     overrides.update(parse_set(settings))
     return recipe, overrides
@@ -138,7 +147,7 @@ def _run_args(**params):
 
 def run_flags() -> set[str]:
     """The settings that have a flag of their own in `klm run` (the rest go through --set)."""
-    names = {p.name for p in _run_args.params} - {"recipe", "settings", "time_"}
+    names = {p.name for p in _run_args.params} - {"recipe", "settings", "time_", "compile_"}
     return names | {"time"}
 
 

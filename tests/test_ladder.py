@@ -23,6 +23,7 @@ def test_each_step_adds_its_own_change_to_the_step_before(registry):
         assert changed and set(changed) <= set(after), step.name
     cfgs = step_configs({"steps": 10}, registry)
     assert cfgs[0].model == "bigram" and cfgs[1].attention == "mean"
+    assert cfgs[0].lr == 0.1 and {c.lr for c in cfgs[1:]} == {1e-3}  # the bigram's lr: its own
     assert not cfgs[2].residual and cfgs[6].residual and cfgs[7].norm == "layernorm"
     assert cfgs[-1].n_embd == 192 and cfgs[-1].dropout == 0.2
     # the same tokens for every step: context and batch never change
