@@ -1,18 +1,31 @@
 """Training throughput and model-FLOPs utilisation (MFU) of a recipe, on this machine.
 
     python benchmarks/throughput.py [--recipe baseline] [--corpus ../shared/data/corpus]
-                                    [--steps 300] [--dtype float32 bfloat16]
+        [--steps 200] [--dtype float32 bfloat16] [--compile] [--threads 1 2] [--profile]
 
-The peak is measured here, in the same process: the best FLOP/s of large square matmuls in
-each dtype. MFU = (model FLOPs per token x tokens/s) / that peak, with nanoGPT's count of
-model FLOPs per token: 6 * (non-embedding parameters) + 12 * n_layer * n_embd * block_size.
-Tokens/s comes from the trainer's own clock (training steps only, no evaluation).
+For every combination of threads, dtype (autocast) and compilation it trains the recipe with
+the real trainer (`train()`, no evaluation during training) and reports:
+
+- tokens/s: steady state, from the trainer's own clock between step ``--warmup`` and the end;
+- warm-up: the training time of the first ``--warmup`` steps beyond what the steady rate
+  predicts for them. With ``--compile`` this is mostly torch.compile's compilation, which a
+  timed run (``--time 15m``) pays out of its budget;
+- MFU: model FLOPs per second / the matmul peak. The peak is measured here, in the same
+  process, with the same thread count: the best FLOP/s of square matmuls in that dtype. Model
+  FLOPs per token follow nanoGPT: 6 * (parameters other than the position table, the tied
+  token matrix included, since the read-out multiplies by it) + 12 * n_layer * n_embd *
+  block_size (attention scores and their weighted sum).
+
+``--profile`` also runs cProfile over a short training run and prints where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -28,69 +41,124 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def matmul_peak(dtype: torch.dtype, device: str = "cpu", seconds: float = 2.0) -> float:
-    """Best FLOP/s over a few square matmul sizes."""
+    """Best FLOP/s over a few square matmul sizes (at least one timed product each)."""
     best = 0.0
-    for n in (512, 1024, 2048):
-        a = torch.randn(n, n, dtype=dtype, device=device)
-        b = torch.randn(n, n, dtype=dtype, device=device)
+    for n in (256, 512, 1024, 2048):
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
         a @ b  # warm up
         reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 3:
+        while reps == 0 or time.perf_counter() - start < seconds / 4:
             a @ b
             reps += 1
-        if device == "cuda":
-            torch.cuda.synchronize()
+            if device == "cuda":
+                torch.cuda.synchronize()
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
     return best
 
 
-def flops_per_token(cfg, params: int, vocab: int) -> float:
-    embedding = vocab * cfg.n_embd + (cfg.block_size * cfg.n_embd if cfg.posemb == "learned" else 0)
-    return 6 * (params - embedding) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+def flops_per_token(cfg, params: int) -> float:
+    positions = cfg.block_size * cfg.n_embd if cfg.posemb == "learned" else 0
+    return 6 * (params - positions) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
+def measure(cfg, registry, warmup: int) -> dict:
+    """Train cfg once; steady tokens/s after `warmup` steps and the warm-up's extra time."""
+    marks: list[tuple[int, float]] = []
+
+    def progress(clock, fraction, loss, val_bpb, tps):
+        marks.append((clock.step, clock.train_time))
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        s = train(cfg, Path(out) / "run", registry=registry, progress=progress)
+        wall = time.perf_counter() - start
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    w_step, w_time = next(((st, t) for st, t in marks if st >= warmup), marks[0])
+    end_step, end_time = marks[-1]
+    steady = (end_step - w_step) * tokens_per_step / (end_time - w_time)
+    extra = w_time - w_step * tokens_per_step / steady
+    return {"summary": s, "tokens_per_s": steady, "warmup_s": extra, "wall_s": wall}
+
+
+def profile(cfg, registry, lines: int = 18) -> str:
+    profiler = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as out:
+        profiler.enable()
+        train(cfg, Path(out) / "run", registry=registry)
+        profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(lines)
+    return text.getvalue()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="baseline")
     parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "corpus"))
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--dtype", nargs="+", default=["float32"], help="e.g. float32 bfloat16")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20, help="steps before the steady rate")
+    parser.add_argument("--dtype", nargs="+", default=["float32"], help="float32 bfloat16")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
+    parser.add_argument("--profile", action="store_true", help="cProfile a short run")
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value settings")
     args = parser.parse_args()
 
     registry = get_registry()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"load average {load:.2f} at the start"
     )
     print(f"recipe {args.recipe} on {args.corpus}, {args.steps} steps\n")
+    base = {
+        "corpus": args.corpus,
+        "steps": args.steps,
+        "eval_every": 10**9,
+        "eval_bytes": 4096,
+        "final_eval_bytes": 4096,
+        **dict(s.split("=", 1) for s in args.set),
+    }
     rows = []
-    for dtype in args.dtype:
-        peak = matmul_peak(getattr(torch, dtype))
-        extra = dict(s.split("=", 1) for s in args.set)
-        overrides = {
-            "corpus": args.corpus,
-            "steps": args.steps,
-            "dtype": dtype,
-            "eval_every": 10**9,
-            "final_eval_bytes": 4096,
-            **extra,
-        }
-        cfg = resolve(build_config(args.recipe, overrides), registry)
-        with tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
-            s = train(cfg, Path(out) / "run", registry=registry, log=lambda m: print(f"  {m}"))
-            wall = time.perf_counter() - start
-        achieved = flops_per_token(cfg, s["params"], s["vocab_size"]) * s["tokens_per_s"]
-        rows.append((dtype, s["tokens_per_s"], achieved / 1e9, peak / 1e9, achieved / peak, wall))
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for dtype in args.dtype:
+            peak = matmul_peak(getattr(torch, dtype))
+            for compiled in [False, True] if args.compile else [False]:
+                overrides = {**base, "dtype": dtype, "compile": compiled, "threads": threads}
+                cfg = resolve(build_config(args.recipe, overrides), registry)
+                m = measure(cfg, registry, args.warmup)
+                achieved = flops_per_token(cfg, m["summary"]["params"]) * m["tokens_per_s"]
+                row = (threads, dtype, compiled, m["tokens_per_s"], m["warmup_s"], achieved, peak)
+                rows.append((*row, m["wall_s"], m["summary"]["val_bpb"]))
+                print(
+                    f"  {threads} threads {dtype} compile={compiled}: "
+                    f"{m['tokens_per_s']:,.0f} tokens/s, MFU {achieved / peak:.1%}",
+                    flush=True,
+                )
     print(
-        f"\n{'dtype':<10}{'tokens/s':>12}{'model GFLOP/s':>15}{'peak GFLOP/s':>14}"
-        f"{'MFU':>8}{'wall s':>9}"
+        f"\n{'threads':>7} {'dtype':<9}{'compile':>8}{'tokens/s':>10}{'warm-up s':>10}"
+        f"{'GFLOP/s':>9}{'peak':>8}{'MFU':>7}{'wall s':>8}{'val_bpb':>9}"
     )
-    for dtype, tps, gf, peak, mfu, wall in rows:
-        print(f"{dtype:<10}{tps:>12,.0f}{gf:>15.1f}{peak:>14.1f}{mfu:>8.1%}{wall:>9.1f}")
-    if len(rows) == 2:
-        print(f"\n{rows[1][0]} / {rows[0][0]} tokens/s: {rows[1][1] / rows[0][1]:.2f}x")
+    for threads, dtype, compiled, tps, warm, achieved, peak, wall, bpb in rows:
+        print(
+            f"{threads:>7} {dtype:<9}{'yes' if compiled else 'no':>8}{tps:>10,.0f}{warm:>10.1f}"
+            f"{achieved / 1e9:>9.2f}{peak / 1e9:>8.1f}{achieved / peak:>7.1%}{wall:>8.1f}"
+            f"{bpb:>9.4f}"
+        )
+    print(
+        "peak: best matmul GFLOP/s in that dtype and thread count; warm-up: extra training "
+        f"time of the first {args.warmup} steps (compilation, with compile); val_bpb on 4 KiB"
+    )
+    if args.profile:
+        torch.set_num_threads(args.threads[-1])
+        overrides = {**base, "steps": min(args.steps, 100), "dtype": args.dtype[0]}
+        cfg = resolve(build_config(args.recipe, overrides), registry)
+        print(f"\ncProfile of {cfg.steps} steps ({args.dtype[0]}), by own time:")
+        print(profile(cfg, registry))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average {load:.2f} at the end")
 
 
 if __name__ == "__main__":

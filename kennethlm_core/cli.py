@@ -111,6 +111,12 @@ def run_options(f):
         click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--dtype", help="auto, float32 or bfloat16 (autocast)."),
         click.option(
+            "--compile/--no-compile",
+            "compile_",
+            default=None,
+            help="torch.compile the model for training (compilation counts as training time).",
+        ),
+        click.option(
             "--set",
             "settings",
             multiple=True,
@@ -134,6 +140,9 @@ def overrides_from(params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         params["time"] = params.pop("time_")
     params.pop("time_", None)
     tweaks = params.pop("tweak", ()) or ()
+    if params.get("compile_") is not None:
+        params["compile"] = params.pop("compile_")
+    params.pop("compile_", None)
     overrides = {k: v for k, v in params.items() if v is not None}
     if tweaks:
         overrides["tweak"] = ",".join(tweaks)
@@ -145,6 +154,12 @@ def overrides_from(params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
 @run_options
 def _run_args(**params):
     """Parses run arguments given as text (the candidate of a comparison)."""
+
+
+def run_flags() -> set[str]:
+    """The settings that have a flag of their own in `klm run` (the rest go through --set)."""
+    names = {p.name for p in _run_args.params} - {"recipe", "settings", "time_", "compile_"}
+    return names | {"time"}
 
 
 def parse_run_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
@@ -788,6 +803,101 @@ def _render_readme(path: Path) -> None:
     if readme.exists() and MARKERS["results"][0] in readme.read_text(encoding="utf-8"):
         if render_readme_file(readme, path):
             click.echo(f"updated the results tables in {readme}")
+
+
+# -- klm ladder ------------------------------------------------------------------------------
+
+
+@cli.command()
+@run_options
+@click.option("--seeds", type=int, default=1, show_default=True, help="Seeds per step.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Ladder folder (default experiments/ladder-<budget>-...).",
+)
+@click.option("--force", is_flag=True, help="Replace runs made with another configuration.")
+@click.option("--list", "list_", is_flag=True, help="Only print each step's klm run command.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the result table.")
+@click.pass_context
+def ladder(ctx, seeds, jobs, out, force, list_, quiet, **params):
+    """From a bigram table to a GPT, one change at a time: train every step, compare them.
+
+    \b
+    bigram -> mean of the past -> one head -> four heads -> + feed-forward -> four blocks
+    -> + residual -> + layer norm -> + dropout -> scaled up
+    Every step trains on the same seeds, data and budget (default --steps {steps}); any klm run
+    flag given here applies to every step (--corpus, --tokenizer, --set ...) unless the step
+    itself sets it. --recipe is the starting point (default baseline). Runs go to one folder;
+    running the same ladder again reuses finished runs. Prints val_bpb per step and saves
+    ladder.png.
+    """
+    from kennethlm_core import ladder as ladder_mod
+    from kennethlm_core.config import BUDGET_KEYS
+
+    registry = _registry(ctx)
+    recipe, shared = overrides_from(params)
+    recipe = recipe or ladder_mod.BASE_RECIPE
+    if seeds < 1:
+        raise KLMError("--seeds must be at least 1")
+    if jobs < 1:
+        raise KLMError("--jobs must be at least 1")
+    first = shared.pop("seed", 1)
+    if not any(k in shared for k in BUDGET_KEYS):
+        shared["steps"] = STANDARD_STEPS
+    steps = ladder_mod.LADDER
+    ladder_mod.step_configs(shared, registry, recipe, steps)  # bad settings fail here
+    if list_:
+        for step, changes in zip(steps, ladder_mod.step_overrides(steps), strict=True):
+            click.echo(f"# {step.name}: {step.change}")
+            click.echo(ladder_mod.run_command({**shared, **changes}, recipe))
+        return
+    folder = out or ladder_mod.default_folder(shared)
+    console = _console(stderr=True)
+    say = (lambda message: None) if quiet else (lambda m: console.print(m, soft_wrap=True))
+    say(f"ladder folder: {folder}")
+    summary = ladder_mod.run_ladder(
+        shared,
+        folder,
+        registry=registry,
+        seeds=list(range(first, first + seeds)),
+        recipe=recipe,
+        jobs=jobs,
+        force=force,
+        disabled=list((ctx.find_root().params or {}).get("disable_plugin") or ()),
+        say=say,
+    )
+    _print_ladder(summary)
+    click.echo(f"written to {folder / 'summary.json'} and {folder / 'ladder.png'}")
+
+
+ladder.help = ladder.help.replace("{steps}", str(STANDARD_STEPS))
+
+
+def _print_ladder(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    budget = ", ".join(f"{v:g} {k}" for k, v in s["budget"].items())
+    n = len(s["seeds"])
+    title = f"Building GPT step by step · {budget} · {n} seed{'s' * (n > 1)} · {s['machine']}"
+    table = Table("step", "change", "val_bpb", "Δ", "params", "tok/s", title=title)
+    for r in s["steps"]:
+        value = f"{r['mean']:.4f}" + (f" ± {r['std']:.4f}" if n > 1 else "")
+        delta = "" if r["delta"] is None else f"{r['delta']:+.4f}"
+        colour = "green" if r["delta"] is not None and r["delta"] < 0 else "red"
+        table.add_row(
+            r["step"],
+            r["change"],
+            value,
+            f"[{colour}]{delta}[/]" if delta else "",
+            f"{r['params']:,}",
+            f"{r['tokens_per_s']:,.0f}",
+        )
+    console = _console()
+    if not console.is_terminal:  # a log file or a pipe: no wrapping at 80 columns
+        console.width = max(console.width, 110)
+    console.print(table)
 
 
 # -- klm plot --------------------------------------------------------------------------------

@@ -201,8 +201,7 @@ def candidate_settings(cfgs: dict[str, RunConfig]) -> dict[str, Any]:
 
 
 def default_folder(comp: Comparison, root: Path = Path("experiments")) -> Path:
-    """experiments/<baseline>-vs-<candidate>-<budget>[-branch...][-<shared settings>]; a long
-    name is cut and ends in a hash of the whole, so different comparisons never share one."""
+    """experiments/<baseline>-vs-<candidate>-<budget>[-branch...][-<shared settings>]."""
     parts = [comp.baseline.text or "defaults", "vs", comp.candidate.text]
     parts.append(describe_budget(comp.budget()))
     if comp.branch_at is not None:
@@ -210,11 +209,17 @@ def default_folder(comp: Comparison, root: Path = Path("experiments")) -> Path:
     if comp.init_from is not None:
         parts.append(f"from {Path(comp.init_from).name}")
     parts += [f"{k} {v}" for k, v in sorted(comp.settings().items())]
-    text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", " ".join(parts).lower())  # dots only in numbers
+    return root / folder_name(parts)
+
+
+def folder_name(parts: list[str]) -> str:
+    """A folder name from words: lowercase, dashes, dots only in numbers; a long name is cut
+    and ends in a hash of the whole, so different experiments never share one."""
+    text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", " ".join(parts).lower())
     slug = re.sub(r"[^a-z0-9.]+", "-", text).strip("-")
     if len(slug) > 100:
         slug = slug[:90].rstrip("-") + "-" + hashlib.sha256(slug.encode()).hexdigest()[:8]
-    return root / slug
+    return slug
 
 
 def describe_budget(budget: dict[str, Any]) -> str:

@@ -138,3 +138,66 @@ def branch_step(runs: list[Path]) -> int | None:
             if start:
                 return start["step"]
     return None
+
+
+def plot_ladder(summary: dict, out: str | Path) -> Path:
+    """The ladder (klm ladder): final val_bpb per step (mean, ±1 sd over seeds) on the left,
+    each step's val_bpb during training on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import EngFormatter
+
+    from kennethlm_core.train import read_metrics
+
+    rows = summary["steps"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    x = np.arange(len(rows))
+    means = np.array([r["mean"] for r in rows])
+    stds = np.array([r["std"] for r in rows])
+    left.errorbar(x, means, yerr=stds, color=COLORS[0], marker="o", ms=5, lw=1.8, capsize=3)
+    for i, r in enumerate(rows):
+        left.annotate(
+            f"{r['mean']:.3f}", (i, r["mean"]), xytext=(0, 7), textcoords="offset points",
+            ha="center", fontsize=7,
+        )  # fmt: skip
+    left.set_xticks(x, [r["step"] for r in rows], rotation=35, ha="right")
+    left.set_ylabel("final val_bpb (lower is better)")
+    left.grid(alpha=0.3)
+
+    cmap = plt.get_cmap("viridis")
+    finals = []
+    for i, r in enumerate(rows):
+        tables = [{m["step"]: m for m in read_metrics(run)} for run in r["runs"]]
+        steps = sorted(s for s in set.intersection(*(set(t) for t in tables)) if s > 0)
+        if not steps:
+            continue
+        vals = np.array([[t[s]["val_bpb"] for s in steps] for t in tables]).mean(axis=0)
+        tokens = [tables[0][s]["tokens"] for s in steps]
+        color = cmap(i / max(1, len(rows) - 1))
+        right.plot(tokens, vals, color=color, lw=1.5, marker="o", ms=2.5, label=r["step"])
+        finals.append(vals)
+    if finals:
+        low = min(v.min() for v in finals)
+        high = max(v[min(1, len(v) - 1) :].max() for v in finals)  # skip the first evaluation
+        pad = 0.05 * (high - low or 1.0)
+        right.set_ylim(low - pad, high + pad)
+    right.set_xlabel("training tokens")
+    right.xaxis.set_major_formatter(EngFormatter(sep=""))
+    right.set_ylabel("val_bpb (fixed validation slice)")
+    right.grid(alpha=0.3)
+    right.legend(frameon=False, fontsize=7, ncol=2)
+    budget = ", ".join(f"{v:g} {k}" for k, v in summary["budget"].items())
+    seeds = len(summary["seeds"])
+    band = " (mean ± 1 sd over seeds)" if seeds > 1 else ""
+    fig.suptitle(
+        f"Building GPT step by step: {budget}, {seeds} seed{'s' * (seeds > 1)} per step{band}",
+        fontsize=10,
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

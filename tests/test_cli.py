@@ -116,6 +116,9 @@ def test_candidate_arguments_parse_like_run_flags():
     assert recipe is None
     assert overrides == {"posemb": "none", "time": "2m", "lr": "3e-4"}
     assert parse_run_args(["--recipe", "record"])[0] == "record"
+    assert parse_run_args(["--compile"])[1] == {"compile": True}
+    assert parse_run_args(["--no-compile"])[1] == {"compile": False}
+    assert parse_run_args([])[1] == {}
 
 
 BAD = {

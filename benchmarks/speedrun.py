@@ -1,0 +1,150 @@
+"""The speedrun: `baseline` and `record` trained for the same wall time on the same machine.
+
+    python benchmarks/speedrun.py [--time 15m] [--corpus ../shared/data/corpus]
+        [--baseline baseline] [--record record] [--seed 1] [--out experiments/speedrun-15m]
+        [--set key=value ...]
+
+Trains the two recipes one after the other (never at the same time: they would share the
+cores), each as its own `klm run --time T` process, and prints for each: final val_bpb (the
+run's summary, scored on the final validation slice), tokens/s and MFU (model FLOPs per token
+as benchmarks/throughput.py counts them, against a float32 matmul peak measured here just before
+each run) and peak resident memory of the process. Then the time `record` needed to reach
+`baseline`'s final val_bpb, read from the validation log (metrics.jsonl: the fixed training
+slice, evaluated every eval_every steps; the time is the training clock at the first
+evaluation at or below baseline's last one, so it is an upper bound by up to eval_every steps).
+
+A timed run depends on the machine and its load: run it on a quiet machine (the script prints
+the load average before and after) and compare figures only from the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import flops_per_token, matmul_peak  # noqa: E402
+
+from kennethlm_core.config import RunConfig, parse_duration  # noqa: E402
+from kennethlm_core.train import cpu_name, read_metrics  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def train_one(recipe: str, args, out: Path) -> dict:
+    """`klm run --recipe RECIPE --time T` in a child process; its summary and peak RSS."""
+    cmd = [sys.executable, "-m", "kennethlm_core", "run", "--recipe", recipe]
+    cmd += ["--time", args.time, "--corpus", args.corpus, "--seed", str(args.seed)]
+    cmd += ["--out", str(out), "--force", "-q"]
+    for setting in args.set:
+        cmd += ["--set", setting]
+    print(f"{recipe}: {' '.join(cmd[2:])}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"speedrun: {recipe} failed (exit {proc.returncode})")
+    summary = json.loads((out / "summary.json").read_text())
+    summary["wall_s"] = time.perf_counter() - start
+    summary["peak_rss_mb"] = usage.ru_maxrss / 1024  # kilobytes on Linux
+    summary["config"] = json.loads((out / "config.json").read_text())
+    summary["metrics"] = read_metrics(out)
+    return summary
+
+
+def time_to_reach(metrics: list[dict], target: float) -> float | None:
+    """Training time at the first evaluation with val_bpb at or below target."""
+    for row in metrics:
+        if row["step"] > 0 and row["val_bpb"] <= target:
+            return row["train_time_s"]
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--time", default="15m", help="training time per recipe (90s, 15m)")
+    ap.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "corpus"))
+    ap.add_argument("--baseline", default="baseline")
+    ap.add_argument("--record", default="record")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, help="default experiments/speedrun-<time>")
+    ap.add_argument("--set", action="append", default=[], help="key=value for both runs")
+    args = ap.parse_args()
+    seconds = parse_duration(args.time)
+    out = args.out or REPO / "experiments" / f"speedrun-{seconds:g}s"
+
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average {load():.2f} at the start"
+    )
+    if load() > 1.5:
+        print("warning: the machine is busy; the timings will be pessimistic")
+    runs, peaks = {}, {}
+    for arm in ("baseline", "record"):
+        # the peak just before each run: under a changing load, one peak for both misleads
+        peaks[arm] = matmul_peak(torch.float32)
+        print(f"float32 matmul peak before {arm}: {peaks[arm] / 1e9:.1f} GFLOP/s")
+        runs[arm] = train_one(args.baseline if arm == "baseline" else args.record, args, out / arm)
+    end_load = load()
+
+    target = runs["baseline"]["metrics"][-1]["val_bpb"]  # on the training-time slice
+    reached = time_to_reach(runs["record"]["metrics"], target)
+    print(f"\nspeedrun: {args.time} of training each on {args.corpus}, seed {args.seed}")
+    print(
+        f"{'':<10}{'recipe':<12}{'val_bpb':>9}{'last log':>10}{'tokens/s':>10}{'MFU':>7}"
+        f"{'steps':>8}{'params':>11}{'peak RSS':>10}"
+    )
+    report = {"time_s": seconds, "corpus": args.corpus, "seed": args.seed, "peaks": peaks}
+    recipes = {"baseline": args.baseline, "record": args.record}
+    for arm, s in runs.items():
+        cfg = RunConfig.from_dict(s["config"])
+        mfu = flops_per_token(cfg, s["params"]) * s["tokens_per_s"] / peaks[arm]
+        print(
+            f"{arm:<10}{recipes[arm]:<12}"
+            f"{s['val_bpb']:>9.4f}{s['metrics'][-1]['val_bpb']:>10.4f}{s['tokens_per_s']:>10,.0f}"
+            f"{mfu:>7.1%}{s['steps']:>8,}{s['params']:>11,}{s['peak_rss_mb']:>8,.0f}MB"
+        )
+        report[arm] = {
+            "recipe": recipes[arm],
+            "val_bpb": s["val_bpb"],
+            "last_logged_val_bpb": s["metrics"][-1]["val_bpb"],
+            "tokens_per_s": s["tokens_per_s"],
+            "mfu": mfu,
+            "steps": s["steps"],
+            "params": s["params"],
+            "peak_rss_mb": s["peak_rss_mb"],
+            "train_time_s": s["train_time_s"],
+            "wall_s": s["wall_s"],
+            "device": s["device"],
+        }
+    if reached is None:
+        print(f"record did not reach baseline's last logged val_bpb {target:.4f}")
+    else:
+        spent = runs["baseline"]["train_time_s"]  # the clock may pass --time in the last step
+        print(
+            f"record reached baseline's last logged val_bpb {target:.4f} after {reached:.0f}s "
+            f"of training ({spent / reached:.1f}x faster than baseline's {spent:.0f}s)"
+        )
+    delta = runs["record"]["val_bpb"] - runs["baseline"]["val_bpb"]
+    print(f"Δ final val_bpb (record - baseline): {delta:+.4f}")
+    print(f"load average {end_load:.2f} at the end; device: {runs['record']['device']}")
+    report |= {"time_to_baseline_s": reached, "target_val_bpb": target, "delta": delta}
+    report["load"] = end_load
+    (out / "speedrun.json").write_text(json.dumps(report, indent=2))
+    print(f"written to {out / 'speedrun.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The ladder: from a bigram table to a GPT, one change at a time, each step measured.
+
+The steps follow Karpathy's "Let's build GPT: from scratch, in code, spelled out". Each step is
+``klm run`` arguments that change the step before it, so the configuration of step i is the
+base recipe, then the settings shared by every step (``klm ladder --corpus ...``), then the
+changes of steps 0..i. Every step trains on the same seeds, the same data and the same budget;
+the block size and batch size never change, so every step sees the same tokens.
+
+A ladder folder::
+
+    <step>/seed-<s>/    a complete klm run folder per step and seed
+    logs/               output of runs trained in subprocesses (jobs > 1)
+    summary.json        per step: the change, the settings, val_bpb per seed, mean, std, params
+    ladder.png          final val_bpb per step, and the trajectories
+
+Running the same ladder again reuses finished runs and resumes interrupted ones (the
+machinery of ``klm compare``: experiment.Job, run_state, run_jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kennethlm_core.config import BUDGET_KEYS, RunConfig, build_config, resolve
+from kennethlm_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # a folder name: lowercase words and dashes
+    change: str  # what this step adds, in words
+    args: str  # klm run arguments on top of the previous step, kept by the steps after it
+    only: str = ""  # klm run arguments for this step alone, not carried forward
+
+
+LADDER: tuple[Step, ...] = (
+    # next-token logits read from a table row per token: no context at all. A table of logits
+    # needs large steps: at the recipe's lr of 1e-3 it hardly moves in 600 steps (val_bpb 8.27
+    # on the real corpus, against 3.7 at 0.1), so this step alone trains with lr 0.1.
+    Step("bigram", "a next-token table, no context", "--model bigram", only="--lr 0.1"),
+    # token and position embeddings, y_t = mean of the values up to t, a linear read-out
+    Step(
+        "mean",
+        "embeddings + the mean of the past",
+        "--model gpt --n-layer 1 --n-head 1 --attention mean --mlp none --norm none "
+        "--set residual=false",
+    ),
+    # the weights of the average come from queries and keys: softmax(q k^T / sqrt(d))
+    Step("one-head", "one self-attention head", "--attention naive"),
+    # four heads of a quarter of the width each, side by side
+    Step("four-heads", "four heads", "--n-head 4"),
+    # a GELU MLP after attention: each position thinks about what it gathered
+    Step("feed-forward", "+ feed-forward (MLP)", "--mlp gelu"),
+    # attention + MLP stacked four times, still without residual connections
+    Step("four-blocks", "four blocks, stacked", "--n-layer 4"),
+    # x + attn(x), x + mlp(x): a clean path for gradients through the depth
+    Step("residual", "+ residual connections", "--set residual=true"),
+    # LayerNorm before each sublayer and before the read-out (pre-norm, GPT-2)
+    Step("layernorm", "+ layer norm", "--norm layernorm"),
+    # dropout on attention weights, sublayer outputs and embeddings
+    Step("dropout", "+ dropout 0.2", "--dropout 0.2"),
+    # deeper and wider; context and batch stay, so the tokens seen stay the same
+    Step("scaled-up", "6 blocks, 6 heads, width 192", "--n-layer 6 --n-head 6 --n-embd 192"),
+)
+
+BASE_RECIPE = "baseline"
+
+
+def step_overrides(steps: tuple[Step, ...] = LADDER) -> list[dict[str, Any]]:
+    """The settings of every step: the changes of the steps up to it, merged in order."""
+    from kennethlm_core.cli import parse_run_args
+
+    merged: dict[str, Any] = {}
+    out = []
+    for step in steps:
+        recipe, changes = parse_run_args(shlex.split(step.args))
+        _, own = parse_run_args(shlex.split(step.only))
+        if recipe or any(k in {**changes, **own} for k in (*BUDGET_KEYS, "seed")):
+            raise ConfigError(f"ladder step {step.name}: the recipe, budget and seed are shared")
+        merged = {**merged, **changes}
+        out.append({**merged, **own})
+    return out
+
+
+def run_command(settings: dict[str, Any], recipe: str = BASE_RECIPE) -> str:
+    """The ``klm run`` command line that trains one step on its own."""
+    from kennethlm_core.cli import run_flags
+
+    flags = run_flags()
+    words = ["klm", "run", "--recipe", recipe]
+    for key, value in settings.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if key in flags:
+            words += [f"--{key.replace('_', '-')}", text]
+        else:
+            words += ["--set", f"{key}={text}"]
+    return shlex.join(words)
+
+
+def step_configs(
+    shared: dict[str, Any],
+    registry: Any,
+    recipe: str = BASE_RECIPE,
+    steps: tuple[Step, ...] = LADDER,
+) -> list[RunConfig]:
+    """The resolved configuration of every step (before the seed is set).
+
+    Precedence, lowest first: the recipe, the shared settings, the steps' changes.
+    """
+    if not any(k in shared for k in BUDGET_KEYS):
+        raise ConfigError("the ladder needs a budget: --steps, --tokens or --time")
+    return [
+        resolve(build_config(recipe, {**shared, **changes}), registry)
+        for changes in step_overrides(steps)
+    ]
+
+
+def default_folder(shared: dict[str, Any], root: Path = Path("experiments")) -> Path:
+    """experiments/ladder-<budget>[-<shared settings>], named like klm compare's folders."""
+    from kennethlm_core.experiment import describe_budget, folder_name
+
+    budget = {k: v for k, v in shared.items() if k in BUDGET_KEYS}
+    parts = ["ladder", describe_budget(budget)]
+    parts += [f"{k} {v}" for k, v in sorted(shared.items()) if k not in BUDGET_KEYS]
+    return root / folder_name(parts)
+
+
+def run_ladder(
+    shared: dict[str, Any],
+    folder: Path,
+    *,
+    registry: Any,
+    seeds: list[int],
+    recipe: str = BASE_RECIPE,
+    steps: tuple[Step, ...] = LADDER,
+    jobs: int = 1,
+    force: bool = False,
+    disabled: list[str] | None = None,
+    say: Callable[[str], None] = lambda msg: None,
+) -> dict[str, Any]:
+    """Train (or reuse) every step on every seed; write summary.json and ladder.png."""
+    from kennethlm_core.checkpoint import atomic_write_json
+    from kennethlm_core.data import prepare_data
+    from kennethlm_core.experiment import Job, mean_std, run_jobs, run_state
+    from kennethlm_core.plots import plot_ladder
+    from kennethlm_core.train import Interrupted
+
+    cfgs = step_configs(shared, registry, recipe, steps)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // jobs) if jobs > 1 else 0
+    plan = []
+    for step, cfg in zip(steps, cfgs, strict=True):
+        for seed in seeds:
+            run_cfg = cfg.replace(seed=seed, **({"threads": threads} if threads else {}))
+            job = Job(step.name, seed, run_cfg, folder / step.name / f"seed-{seed}")
+            job.mode = run_state(job, None, force)
+            plan.append(job)
+    if any(j.mode != "done" for j in plan):
+        for cfg in {(c.corpus, c.tokenizer, c.vocab_size): c for c in cfgs}.values():
+            prepare_data(cfg, registry, log=say)  # once, before parallel runs need it
+    try:
+        run_jobs(plan, jobs, registry, disabled=disabled or [], logs=folder / "logs", say=say)
+    except (Interrupted, KeyboardInterrupt):
+        raise Interrupted(
+            "finished runs are kept and unfinished ones checkpointed; run the same "
+            "klm ladder again to continue"
+        ) from None
+
+    rows, previous = [], None
+    for step, changes in zip(steps, step_overrides(steps), strict=True):
+        runs = [j.out for j in plan if j.arm == step.name]
+        summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+        values = [s["val_bpb"] for s in summaries]
+        mean, std = mean_std(values)
+        rows.append(
+            {
+                "step": step.name,
+                "change": step.change,
+                "args": step.args,
+                "command": run_command({**shared, **changes}, recipe),
+                "values": values,
+                "mean": mean,
+                "std": std,
+                "delta": None if previous is None else mean - previous,
+                "params": summaries[0]["params"],
+                "tokens_seen": summaries[0]["tokens_seen"],
+                "tokens_per_s": mean_std([s["tokens_per_s"] for s in summaries])[0],
+                "train_time_s": mean_std([s["train_time_s"] for s in summaries])[0],
+                "runs": [str(r) for r in runs],
+            }
+        )
+        previous = mean
+    first = json.loads((plan[0].out / "summary.json").read_text())
+    summary = {
+        "name": folder.name,
+        "recipe": recipe,
+        "shared_settings": {k: v for k, v in shared.items() if k not in BUDGET_KEYS},
+        "budget": {k: cfgs[0].get(k) for k in BUDGET_KEYS if cfgs[0].get(k)},
+        "seeds": list(seeds),
+        "machine": first["device"],
+        "git_commit": first["git_commit"],
+        "steps": rows,
+    }
+    atomic_write_json(folder / "summary.json", summary)
+    plot_ladder(summary, folder / "ladder.png")
+    return summary
