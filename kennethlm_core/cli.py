@@ -41,14 +41,17 @@ class KLMGroup(click.Group):
         return command
 
 
+def _disabled(ctx: click.Context | None) -> list[str]:
+    """The plugins named with `klm --disable-plugin`."""
+    if ctx is None:
+        return []
+    return list((ctx.find_root().params or {}).get("disable_plugin") or ())
+
+
 def _registry(ctx: click.Context | None = None):
     from kennethlm_core.plugins import get_registry
 
-    disabled = ()
-    if ctx is not None:
-        root = ctx.find_root()
-        disabled = (root.params or {}).get("disable_plugin") or ()
-    return get_registry(disabled)
+    return get_registry(_disabled(ctx))
 
 
 @click.group(cls=KLMGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -723,7 +726,7 @@ def compare(
         registry=registry,
         jobs=jobs,
         force=force,
-        disabled=list((ctx.find_root().params or {}).get("disable_plugin") or ()),
+        disabled=_disabled(ctx),
         say=say,
     )
     _print_comparison(summary)
@@ -865,7 +868,7 @@ def ladder(ctx, seeds, jobs, out, force, list_, quiet, **params):
         recipe=recipe,
         jobs=jobs,
         force=force,
-        disabled=list((ctx.find_root().params or {}).get("disable_plugin") or ()),
+        disabled=_disabled(ctx),
         say=say,
     )
     _print_ladder(summary)
