@@ -780,10 +780,10 @@ def _record(summary: dict[str, Any], promote: bool) -> None:
 
     path = registry_path()
     entry = ledger_entry(summary)
-    if not append_experiment(entry, path):
+    if append_experiment(entry, path):
+        click.echo(f"recorded in {path} ({summary['verdict']})")
+    else:
         click.echo(f"{path} has this result already; not recorded again")
-        return
-    click.echo(f"recorded in {path} ({summary['verdict']})")
     if promote and summary["verdict"] != "better":
         print(
             f"klm: not promoted: the verdict is {summary['verdict']}; only a better candidate "

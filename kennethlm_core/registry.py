@@ -105,6 +105,16 @@ def _toml(value: Any):
     return value
 
 
+def _find(doc, entry: dict[str, Any]):
+    """The ledger's table for this result (same runs, same values), or None. The recording
+    commit is not compared: reused runs recorded again from a later commit are the same result."""
+    same = ("name", "baseline_values", "candidate_values", "verdict")
+    for exp in doc.get("experiments", []):
+        if all(exp.get(k) == entry[k] for k in same):
+            return exp
+    return None
+
+
 def append_experiment(entry: dict[str, Any], path: Path | None = None) -> bool:
     """Add an [[experiments]] table at the end of registry.toml; the rest stays as it was.
     False, and nothing written, when the same result is in the ledger already."""
@@ -112,10 +122,8 @@ def append_experiment(entry: dict[str, Any], path: Path | None = None) -> bool:
 
     path = path or registry_path()
     doc = _read(path)
-    same = ("name", "commit", "baseline_values", "candidate_values", "verdict")
-    for exp in doc.get("experiments", []):
-        if all(exp.get(k) == entry[k] for k in same):
-            return False
+    if _find(doc, entry) is not None:
+        return False
     if "experiments" not in doc:
         doc.add(tomlkit.nl())
         doc.add("experiments", tomlkit.aot())
@@ -130,9 +138,10 @@ def append_experiment(entry: dict[str, Any], path: Path | None = None) -> bool:
 def promote(
     entry: dict[str, Any], candidate_config: dict[str, Any], path: Path | None = None
 ) -> dict[str, Any]:
-    """Make a `better` candidate the `record` recipe; the old record goes into its ledger entry
-    (which must be the last one, just appended). Settings the candidate's configuration no
-    longer has (an option of a component it replaced) leave the recipe. Returns the new record.
+    """Make a `better` candidate the `record` recipe; the old record goes into its ledger entry.
+    The entry must be in the ledger and measured against the record as it is: no comparison
+    after it was promoted. Settings the candidate's configuration no longer has (an option of a
+    component it replaced) leave the recipe. Returns the new record.
     """
     import tomlkit
 
@@ -141,9 +150,16 @@ def promote(
     record = doc.get("recipes", {}).get("record")
     if record is None:
         raise ConfigError(f"{path} has no [recipes.record] to replace")
-    last = doc["experiments"][-1] if "experiments" in doc else None
-    if last is None or last.get("name") != entry["name"] or last.get("verdict") != "better":
-        raise ConfigError("only a comparison just recorded with the verdict 'better' is promoted")
+    last = _find(doc, entry)
+    if last is None or last.get("verdict") != "better" or last.get("baseline") != "record":
+        raise ConfigError(
+            "only a recorded comparison against record with the verdict 'better' is promoted"
+        )
+    later = doc["experiments"][doc["experiments"].index(last) + 1 :]
+    if last.get("promoted") or any(exp.get("promoted") for exp in later):
+        raise ConfigError(
+            f"the record changed after {entry['name']} was measured; compare against it again"
+        )
     previous = tomlkit.table()
     previous.update(record.unwrap())
     for key in [k for k in record if k != "description" and k not in candidate_config]:

@@ -119,8 +119,23 @@ def test_only_a_better_result_just_recorded_is_promoted(copy):
     entry = ledger_entry(summary("inconclusive"))
     append_experiment(entry, path)
     before = path.read_text()
-    with pytest.raises(ConfigError, match="only a comparison just recorded"):
+    with pytest.raises(ConfigError, match="only a recorded comparison against record"):
         promote(entry, {}, path)
+    assert path.read_text() == before
+
+
+def test_an_earlier_result_is_promoted_until_the_record_changes(copy):
+    path = copy / "registry.toml"
+    rope = ledger_entry(summary(settings={"posemb": "rope"}))
+    append_experiment(rope, path)
+    append_experiment(ledger_entry(summary("inconclusive", "--set lr=2e-3", {"lr": 0.002})), path)
+    rope["commit"] = "0123456789ab"  # the same runs, recorded again from a later commit
+    assert not append_experiment(rope, path)
+    config = tomllib.loads(path.read_text())["recipes"]["record"]
+    assert promote(rope, {**config, "posemb": "rope"}, path)["posemb"] == "rope"
+    before = path.read_text()
+    with pytest.raises(ConfigError, match="the record changed after"):
+        promote(rope, {**config, "posemb": "rope"}, path)
     assert path.read_text() == before
 
 
