@@ -2,16 +2,18 @@
 
     python benchmarks/speedrun.py [--time 15m] [--corpus ../shared/data/corpus]
         [--baseline baseline] [--record record] [--seed 1] [--out experiments/speedrun-15m]
-        [--set key=value ...]
+        [--set key=value ...] [--side-by-side]
 
-Trains the two recipes one after the other (never at the same time: they would share the
-cores), each as its own `klm run --time T` process, and prints for each: final val_bpb (the
-run's summary, scored on the final validation slice), tokens/s and MFU (model FLOPs per token
-as benchmarks/throughput.py counts them, against a float32 matmul peak measured here just before
-each run) and peak resident memory of the process. Then the time `record` needed to reach
-`baseline`'s final val_bpb, read from the validation log (metrics.jsonl: the fixed training
-slice, evaluated every eval_every steps; the time is the training clock at the first
-evaluation at or below baseline's last one, so it is an upper bound by up to eval_every steps).
+Trains the two recipes one after the other, each as its own `klm run --time T` process with
+all the cores, or with ``--side-by-side`` at the same time, each with half of them (half the
+wall time, and both runs see the same load on a shared machine). Prints for each: final
+val_bpb (the run's summary, scored on the final validation slice), tokens/s and MFU (model
+FLOPs per token as benchmarks/throughput.py counts them, against a float32 matmul peak
+measured here just before each run, at the runs' thread count) and peak resident memory of
+the process. Then the time `record` needed to reach `baseline`'s final val_bpb, read from the
+validation log (metrics.jsonl: the fixed training slice, evaluated every eval_every steps; the
+time is the training clock at the first evaluation at or below baseline's last one, so it is
+an upper bound by up to eval_every steps).
 
 A timed run depends on the machine and its load: run it on a quiet machine (the script prints
 the load average before and after) and compare figures only from the same machine.
@@ -42,22 +44,26 @@ def load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def train_one(recipe: str, args, out: Path) -> dict:
-    """`klm run --recipe RECIPE --time T` in a child process; its summary and peak RSS."""
+def start(recipe: str, args, out: Path) -> tuple[subprocess.Popen, float]:
+    """`klm run --recipe RECIPE --time T` in a child process."""
     cmd = [sys.executable, "-m", "kennethlm_core", "run", "--recipe", recipe]
     cmd += ["--time", args.time, "--corpus", args.corpus, "--seed", str(args.seed)]
     cmd += ["--out", str(out), "--force", "-q"]
     for setting in args.set:
         cmd += ["--set", setting]
     print(f"{recipe}: {' '.join(cmd[2:])}", flush=True)
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
+    return subprocess.Popen(cmd), time.perf_counter()
+
+
+def finish(recipe: str, started: tuple[subprocess.Popen, float], out: Path) -> dict:
+    """Wait for a run from start(); its summary, wall time and peak RSS."""
+    proc, t0 = started
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"speedrun: {recipe} failed (exit {proc.returncode})")
     summary = json.loads((out / "summary.json").read_text())
-    summary["wall_s"] = time.perf_counter() - start
+    summary["wall_s"] = time.perf_counter() - t0
     summary["peak_rss_mb"] = usage.ru_maxrss / 1024  # kilobytes on Linux
     summary["config"] = json.loads((out / "config.json").read_text())
     summary["metrics"] = read_metrics(out)
@@ -81,7 +87,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, help="default experiments/speedrun-<time>")
     ap.add_argument("--set", action="append", default=[], help="key=value for both runs")
+    ap.add_argument(
+        "--side-by-side", action="store_true", help="train both at once, each on half the cores"
+    )
     args = ap.parse_args()
+    if args.side_by_side and not any(s.startswith("threads=") for s in args.set):
+        args.set.append(f"threads={max(1, (os.cpu_count() or 2) // 2)}")
     seconds = parse_duration(args.time)
     out = args.out or REPO / "experiments" / f"speedrun-{seconds:g}s"
 
@@ -91,12 +102,21 @@ def main() -> None:
     )
     if load() > 1.5:
         print("warning: the machine is busy; the timings will be pessimistic")
+    recipes = {"baseline": args.baseline, "record": args.record}
     runs, peaks = {}, {}
-    for arm in ("baseline", "record"):
-        # the peak just before each run: under a changing load, one peak for both misleads
-        peaks[arm] = matmul_peak(torch.float32)
-        print(f"float32 matmul peak before {arm}: {peaks[arm] / 1e9:.1f} GFLOP/s")
-        runs[arm] = train_one(args.baseline if arm == "baseline" else args.record, args, out / arm)
+    if args.side_by_side:
+        threads = int(next(s for s in args.set if s.startswith("threads=")).split("=")[1])
+        torch.set_num_threads(threads)
+        peaks["baseline"] = peaks["record"] = matmul_peak(torch.float32)
+        print(f"float32 matmul peak, {threads} threads: {peaks['record'] / 1e9:.1f} GFLOP/s")
+        started = {arm: start(recipes[arm], args, out / arm) for arm in recipes}
+        runs = {arm: finish(recipes[arm], started[arm], out / arm) for arm in recipes}
+    else:
+        for arm in recipes:
+            # the peak just before each run: under a changing load, one peak for both misleads
+            peaks[arm] = matmul_peak(torch.float32)
+            print(f"float32 matmul peak before {arm}: {peaks[arm] / 1e9:.1f} GFLOP/s")
+            runs[arm] = finish(recipes[arm], start(recipes[arm], args, out / arm), out / arm)
     end_load = load()
 
     target = runs["baseline"]["metrics"][-1]["val_bpb"]  # on the training-time slice
@@ -107,7 +127,7 @@ def main() -> None:
         f"{'steps':>8}{'params':>11}{'peak RSS':>10}"
     )
     report = {"time_s": seconds, "corpus": args.corpus, "seed": args.seed, "peaks": peaks}
-    recipes = {"baseline": args.baseline, "record": args.record}
+    report["side_by_side"] = args.side_by_side
     for arm, s in runs.items():
         cfg = RunConfig.from_dict(s["config"])
         mfu = flops_per_token(cfg, s["params"]) * s["tokens_per_s"] / peaks[arm]

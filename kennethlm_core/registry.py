@@ -179,6 +179,7 @@ def promote(
 # -- README tables ---------------------------------------------------------------------------
 
 MARKERS = {
+    "record-log": ("<!-- record-log:begin (klm registry render) -->", "<!-- record-log:end -->"),
     "results": ("<!-- results:begin (klm registry render) -->", "<!-- results:end -->"),
     "negative": (
         "<!-- negative-results:begin (klm registry render) -->",
@@ -188,7 +189,8 @@ MARKERS = {
 
 
 def _settings(value: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in value.items())
+    # threads changes the speed of a run, not its result
+    return ", ".join(f"{k}={v}" for k, v in value.items() if k != "threads")
 
 
 def _budget(exp: dict[str, Any]) -> str:
@@ -204,17 +206,39 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
+def record_log(exps: list[dict[str, Any]]) -> str:
+    """The record's history: the baseline, then each promoted step with its comparison."""
+    steps = [e for e in exps if e.get("promoted")]
+    if not steps:
+        return "No promotions yet: `record` is the baseline recipe."
+    lines = ["| record | change | val_bpb | Δ | 95% CI | p | budget | date |", "|---" * 8 + "|"]
+    first = steps[0]
+    lines.append(f"| r0 | the baseline recipe | {first['baseline_mean']:.4f} | | | | | |")
+    for n, e in enumerate(steps, 1):
+        lo, hi = e["delta_ci"]
+        lines.append(
+            f"| r{n} | `{_cell(e['candidate'])}` | {e['candidate_mean']:.4f} | {e['delta']:+.4f} "
+            f"| [{lo:+.4f}, {hi:+.4f}] | {e['p']:.2g} | {_budget(e)} | {e['date']} |"
+        )
+    return "\n".join(lines)
+
+
 def render_tables(doc: dict[str, Any]) -> dict[str, str]:
-    """{'results': markdown, 'negative': markdown} from the ledger."""
+    """{'record-log', 'results', 'negative': markdown} from the ledger."""
     exps = list(doc.get("experiments", []))
     accepted = [e for e in exps if e.get("verdict") == "better"]
     negative = [e for e in exps if e.get("verdict") in ("worse", "inconclusive")]
+    generation, promotions = {}, 0  # which record (r0, r1, ...) each entry was measured against
+    for e in exps:
+        generation[id(e)] = promotions
+        promotions += bool(e.get("promoted"))
 
     def row(e: dict[str, Any], *extra: str) -> str:
         lo, hi = e["delta_ci"]
+        base = f"`{_cell(e['baseline'])}`"
         cells = [
             f"`{_cell(e['candidate'])}`",
-            f"`{_cell(e['baseline'])}`",
+            base + f" r{generation[id(e)]}" if e["baseline"] == "record" else base,
             _cell(_settings(e.get("shared_settings", {})) or "-"),
             _budget(e),
             str(len(e["seeds"])),
@@ -244,7 +268,7 @@ def render_tables(doc: dict[str, Any]) -> dict[str, str]:
         negatives = "\n".join(lines)
     else:
         negatives = "No negative results yet."
-    return {"results": results, "negative": negatives}
+    return {"record-log": record_log(exps), "results": results, "negative": negatives}
 
 
 def render_readme(readme: str, doc: dict[str, Any]) -> str:

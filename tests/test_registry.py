@@ -16,6 +16,7 @@ from kennethlm_core.registry import (
     ledger_entry,
     promote,
     render_readme,
+    render_tables,
 )
 
 from .conftest import REPO
@@ -146,14 +147,27 @@ def test_readme_tables_show_accepted_and_negative_results(copy):
     readme = render_readme((copy / "README.md").read_text(), load_registry_doc(path))
     results = readme.split("## Results")[1].split("## Negative results")[0]
     negative = readme.split("## Negative results")[1]
-    assert (
-        "| `--posemb none` | `record` | corpus=../shared/data/corpus | 600 steps | 5 | bpb |"
-        in (results)
-    )
+    row = next(line for line in results.splitlines() if line.startswith("| `--posemb none` |"))
+    assert "| `record` r" in row and "| corpus=../shared/data/corpus | 600 steps | 5 | bpb |" in row
     assert "-0.0120 | [-0.0160, -0.0080] | 0.00012 | 2026-11-25 | abc123def456 |" in results
     assert "--set lr=2e-3" not in results
     assert "`--set lr=2e-3`" in negative and "3.1800 ± 0.0837 | 3.1680 ± 0.0835" in negative
     assert "| inconclusive |" in negative
+
+
+def test_the_record_log_lists_promotions_and_tables_name_the_record_measured_against():
+    assert "No promotions yet" in render_tables({})["record-log"]
+    rope = ledger_entry(summary(settings={"posemb": "rope"})) | {"promoted": True}
+    later = ledger_entry(summary("inconclusive", "--set lr=2e-3", {"lr": 0.002}))
+    later["shared_settings"]["threads"] = 1
+    tables = render_tables({"experiments": [rope, later]})
+    log = tables["record-log"].splitlines()
+    assert log[2] == "| r0 | the baseline recipe | 3.1800 | | | | | |"
+    assert log[3].startswith("| r1 | `--posemb none` | 3.1680 | -0.0120 | [-0.0160, -0.0080] |")
+    assert len(log) == 4
+    assert "| `record` r0 | corpus=../shared/data/corpus |" in tables["results"]
+    negative = tables["negative"].splitlines()[-1]
+    assert "| `record` r1 | corpus=../shared/data/corpus | 600 steps |" in negative  # no threads
 
 
 def test_readme_agrees_with_registry_toml():
