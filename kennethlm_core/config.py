@@ -289,8 +289,8 @@ def build_config(
     ``--time 15m`` on a recipe with ``steps = 2000`` trains for 15 minutes.
     """
     values: dict[str, Any] = dict(base or {})
-    if recipe:
-        values.update(load_recipe(recipe))
+    from_recipe = load_recipe(recipe) if recipe else {}
+    values.update(from_recipe)
     overrides = dict(overrides or {})
     if any(k in overrides for k in BUDGET_KEYS):
         for k in BUDGET_KEYS:
@@ -303,6 +303,9 @@ def build_config(
             setattr(cfg, key, coerce(key, value, types[key]))
         else:
             cfg.options[key] = value  # typed and checked against the components in resolve()
+    # a recipe's option for a component the flags replaced (rope_base after --posemb none) is
+    # dropped in resolve(); the same option given on the command line is an error there
+    cfg.inherited = {k for k in from_recipe if k in cfg.options and k not in overrides}
     return cfg
 
 
@@ -314,6 +317,9 @@ def resolve(cfg: RunConfig, registry: Any) -> RunConfig:
         for key, default in comp.options.items():
             declared.setdefault(key, default)
     for key in list(cfg.options):
+        if key not in declared and key in getattr(cfg, "inherited", ()):
+            del cfg.options[key]
+            continue
         if key not in declared:
             raise ConfigError(_unknown_setting(key, cfg, registry))
         cfg.options[key] = coerce(key, cfg.options[key], declared[key])

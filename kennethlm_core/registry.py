@@ -171,6 +171,7 @@ def promote(
         f"(experiment {entry['name']}, {entry['date']})"
     )
     last["promoted"] = True
+    last["promoted_at"] = len(doc["experiments"])  # entries appended later measure the new record
     last["previous_record"] = previous
     _write(path, doc)
     return record.unwrap()
@@ -228,10 +229,10 @@ def render_tables(doc: dict[str, Any]) -> dict[str, str]:
     exps = list(doc.get("experiments", []))
     accepted = [e for e in exps if e.get("verdict") == "better"]
     negative = [e for e in exps if e.get("verdict") in ("worse", "inconclusive")]
-    generation, promotions = {}, 0  # which record (r0, r1, ...) each entry was measured against
-    for e in exps:
-        generation[id(e)] = promotions
-        promotions += bool(e.get("promoted"))
+    # which record (r0, r1, ...) each entry was measured against: the promotions made before it
+    # was appended (a promotion may come after later entries: promoted_at says when)
+    made = [e.get("promoted_at", i + 1) for i, e in enumerate(exps) if e.get("promoted")]
+    generation = {id(e): sum(at <= i for at in made) for i, e in enumerate(exps)}
 
     def row(e: dict[str, Any], *extra: str) -> str:
         lo, hi = e["delta_ci"]

@@ -133,6 +133,13 @@ def test_candidate_settings_go_on_top_of_the_baseline_and_shared_settings(regist
     assert candidate_settings(cfgs) == {"n_layer": 3}
 
 
+def test_a_candidate_that_replaces_a_component_drops_the_recipes_options_for_it(registry):
+    nope = Arm("--posemb none", None, {"posemb": "none"})
+    cfgs = arm_configs(comparison(nope, Arm("record", "record")), registry)
+    assert cfgs["baseline"].options["rope_base"] == 10000.0 and cfgs["baseline"].posemb == "rope"
+    assert cfgs["candidate"].posemb == "none" and "rope_base" not in cfgs["candidate"].options
+
+
 def test_a_candidate_recipe_starts_from_that_recipe(registry):
     small = Arm("--n-layer 2", None, {"n_layer": "2"})
     cfgs = arm_configs(comparison(Arm("record", "record"), small, lr=2e-3), registry)

@@ -134,6 +134,8 @@ def test_an_earlier_result_is_promoted_until_the_record_changes(copy):
     assert not append_experiment(rope, path)
     config = tomllib.loads(path.read_text())["recipes"]["record"]
     assert promote(rope, {**config, "posemb": "rope"}, path)["posemb"] == "rope"
+    experiments = tomllib.loads(path.read_text())["experiments"]
+    assert experiments[-2]["promoted_at"] == len(experiments)  # promoted after the next entry
     before = path.read_text()
     with pytest.raises(ConfigError, match="the record changed after"):
         promote(rope, {**config, "posemb": "rope"}, path)
@@ -157,10 +159,12 @@ def test_readme_tables_show_accepted_and_negative_results(copy):
 
 def test_the_record_log_lists_promotions_and_tables_name_the_record_measured_against():
     assert "No promotions yet" in render_tables({})["record-log"]
-    rope = ledger_entry(summary(settings={"posemb": "rope"})) | {"promoted": True}
+    rope = ledger_entry(summary(settings={"posemb": "rope"})) | {"promoted": True, "promoted_at": 2}
+    before = ledger_entry(summary("worse", "--set lr=1e-2", {"lr": 0.01}))  # before the promotion
     later = ledger_entry(summary("inconclusive", "--set lr=2e-3", {"lr": 0.002}))
     later["shared_settings"]["threads"] = 1
-    tables = render_tables({"experiments": [rope, later]})
+    tables = render_tables({"experiments": [rope, before, later]})
+    assert "| `--set lr=1e-2` | `record` r0 |" in tables["negative"]
     log = tables["record-log"].splitlines()
     assert log[2] == "| r0 | the baseline recipe | 3.1800 | | | | | |"
     assert log[3].startswith("| r1 | `--posemb none` | 3.1680 | -0.0120 | [-0.0160, -0.0080] |")
