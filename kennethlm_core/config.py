@@ -76,11 +76,15 @@ class RunConfig:
     compile: bool = False
     # component options (declared by plugins), e.g. {"window": 64}
     options: dict[str, Any] = field(default_factory=dict)
+    # options that came from the recipe, not the command line: resolve() drops those no chosen
+    # component declares (rope_base after --posemb none). Not part of the saved configuration.
+    inherited: set[str] = field(default_factory=set, repr=False, compare=False)
 
     # -- conversions ---------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        saved = field_names()
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in saved}
         d.update(sorted(self.options.items()))
         return d
 
@@ -105,7 +109,7 @@ class RunConfig:
 
 
 def field_names() -> set[str]:
-    return {f.name for f in dataclasses.fields(RunConfig)} - {"options"}
+    return {f.name for f in dataclasses.fields(RunConfig)} - {"options", "inherited"}
 
 
 def field_types() -> dict[str, type]:
@@ -303,8 +307,6 @@ def build_config(
             setattr(cfg, key, coerce(key, value, types[key]))
         else:
             cfg.options[key] = value  # typed and checked against the components in resolve()
-    # a recipe's option for a component the flags replaced (rope_base after --posemb none) is
-    # dropped in resolve(); the same option given on the command line is an error there
     cfg.inherited = {k for k in from_recipe if k in cfg.options and k not in overrides}
     return cfg
 
@@ -317,7 +319,7 @@ def resolve(cfg: RunConfig, registry: Any) -> RunConfig:
         for key, default in comp.options.items():
             declared.setdefault(key, default)
     for key in list(cfg.options):
-        if key not in declared and key in getattr(cfg, "inherited", ()):
+        if key not in declared and key in cfg.inherited:
             del cfg.options[key]
             continue
         if key not in declared:

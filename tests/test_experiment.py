@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kennethlm_core.config import build_config, resolve
 from kennethlm_core.errors import ConfigError, KLMError
 from kennethlm_core.experiment import (
     ARMS,
@@ -138,6 +139,13 @@ def test_a_candidate_that_replaces_a_component_drops_the_recipes_options_for_it(
     cfgs = arm_configs(comparison(nope, Arm("record", "record")), registry)
     assert cfgs["baseline"].options["rope_base"] == 10000.0 and cfgs["baseline"].posemb == "rope"
     assert cfgs["candidate"].posemb == "none" and "rope_base" not in cfgs["candidate"].options
+
+
+def test_an_option_given_for_a_component_the_run_does_not_use_is_an_error(registry):
+    cfg = build_config("record", {"posemb": "none", "rope_base": 500.0})
+    with pytest.raises(ConfigError, match="'rope_base' belongs to posemb 'rope'"):
+        resolve(cfg, registry)
+    assert "inherited" not in cfg.to_dict()  # bookkeeping, not a setting
 
 
 def test_a_candidate_recipe_starts_from_that_recipe(registry):
