@@ -150,9 +150,9 @@ def test_an_option_given_for_a_component_the_run_does_not_use_is_an_error(regist
 
 def test_a_candidate_recipe_starts_from_that_recipe(registry):
     small = Arm("--n-layer 2", None, {"n_layer": "2"})
-    cfgs = arm_configs(comparison(Arm("record", "record"), small, lr=2e-3), registry)
+    cfgs = arm_configs(comparison(Arm("record", "record"), small, lr=5e-3), registry)
     assert cfgs["baseline"].n_layer == 2 and cfgs["candidate"].n_layer == 4
-    assert cfgs["candidate"].lr == 2e-3  # shared settings apply to a recipe candidate too
+    assert cfgs["candidate"].lr == 5e-3  # shared settings apply to a recipe candidate too
 
 
 @pytest.mark.parametrize(
