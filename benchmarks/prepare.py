@@ -50,7 +50,7 @@ def child(corpus: str, tokenizer: str, vocab_size: int) -> None:
                 "vocab_size": data.tokenizer.vocab_size,
                 "train_tokens": len(data.train.tokens),
                 "val_bytes": val.n_bytes,
-                "val_bytes_per_token": val.n_bytes / (len(val.tokens) - len(val.docs)),
+                "val_bytes_per_token": val.n_bytes / (len(val.tokens) - val.n_documents),
             }
         )
     )

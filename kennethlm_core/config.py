@@ -66,7 +66,9 @@ class RunConfig:
     eval_every: int = 100
     eval_bytes: int = 65_536  # validation bytes scored at each evaluation during training
     final_eval_bytes: int = 1_048_576  # validation bytes scored for the run's summary
-    val_fraction: float = 0.05
+    eval_stride: int = 0  # targets scored per window; 0: block_size // 2 (see bits_per_byte)
+    val_fraction: float = 0.05  # documents in validation (by a hash of their id)
+    test_fraction: float = 0.05  # documents in test: held back, never used to choose anything
     tokenizer_train_bytes: int = 16_000_000  # text a tokenizer may read to learn its vocabulary
     # system
     seed: int = 1337
@@ -416,6 +418,16 @@ def check_values(cfg: RunConfig) -> None:
     need(cfg.eval_bytes >= 1 and cfg.final_eval_bytes >= 1, "eval_bytes must be positive")
     parse_mix(cfg.mix)  # its syntax; its domain names are checked against the corpus
     need(0 < cfg.val_fraction < 1, f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    need(
+        0 < cfg.test_fraction and cfg.val_fraction + cfg.test_fraction < 1,
+        f"test_fraction must be positive and val_fraction + test_fraction below 1, got "
+        f"{cfg.val_fraction} + {cfg.test_fraction}",
+    )
+    need(
+        0 <= cfg.eval_stride <= cfg.block_size,
+        f"eval_stride must be between 0 (block_size // 2) and block_size ({cfg.block_size}), "
+        f"got {cfg.eval_stride}",
+    )
     need(cfg.threads >= 0, f"threads must be >= 0, got {cfg.threads}")
     need(
         re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,

@@ -1,19 +1,21 @@
-"""From a corpus to batches: chunks, a stable split, a token cache on disk, weighted windows.
+"""From a corpus to batches: a split by document, a token cache on disk, weighted windows.
 
-1. Documents are cut into chunks of at most CHUNK_CHARS characters (at a line break or space
-   when there is one), so a corpus of a few huge files still gets a fair validation split.
-2. A chunk is in validation when a hash of its id falls below ``val_fraction``: the split of a
-   chunk never changes when other documents are added. A domain with no validation chunk gets
-   its lowest-hash chunk moved to validation, so every domain is scored.
-3. Validation chunks are ordered by domain's first chunk, then hash; any prefix of that order
-   is a fixed, tokenizer-independent slice ("the first 64 KB of validation").
-4. Each split is tokenized once into memory-mapped arrays (every chunk preceded by the
-   tokenizer's document token) under ``$KLM_CACHE`` (default ~/.cache/kennethlm), keyed by
-   the corpus and tokenizer fingerprints; later runs reuse them. Building streams: chunks are
-   encoded in batches (``Tokenizer.encode_batch``; the tokenizers-library ones use every
-   core) and appended to a file, which is then copied into the training array (grouped by
-   domain) and the validation array (in slice order). Neither the text nor its tokens are
-   ever held in memory whole.
+1. Every document goes to one split, ``train``, ``validation`` or ``test``, by a hash of its
+   id: the split of a document never changes when other documents are added, and no document
+   has text in two splits. Each domain gets at least one validation and one test document
+   when it has enough documents; a domain too small for that is said so (``Plan.notes``).
+2. Documents are cut into chunks of at most CHUNK_CHARS characters (at a line break or space
+   when there is one). Chunks are units of bookkeeping, not of context: a document's chunks
+   stay next to each other, behind a single document token, so a chunk is scored with its
+   document's text before it as context.
+3. Validation and test chunks are ordered for slicing: the first chunk of each domain's first
+   document, then every other chunk by a hash of its id. Any prefix of that order is a fixed,
+   tokenizer-independent slice ("the first 64 KB of validation") that covers every domain.
+4. Each split is tokenized once into memory-mapped arrays under ``$KLM_CACHE`` (default
+   ~/.cache/kennethlm), keyed by the corpus and tokenizer fingerprints; later runs reuse
+   them. Building streams: chunks are encoded in batches (``Tokenizer.encode_batch``; the
+   tokenizers-library ones use every core) and appended to a file, which is then copied into
+   the three split arrays. Neither the text nor its tokens are ever held in memory whole.
 5. Training windows are drawn domain first, by the weights of the mix (``--mix``; by default
    each domain's share of the training tokens), then at a uniform offset in that domain.
 """
@@ -38,8 +40,12 @@ from kennethlm_core.config import RunConfig, corpus_component, parse_mix
 from kennethlm_core.errors import DataError
 
 CHUNK_CHARS = 8192
-FORMAT = 2  # bump when the cache layout or the split rule changes
+FORMAT = 3  # bump when the cache layout or the split rule changes
+SPLIT_VERSION = 2  # the split rule: 1 was by chunk (documents leaked), 2 is by document
+SPLITS = ("train", "validation", "test")
 BATCH_CHARS = 1 << 21  # text handed to the tokenizer at once when building the cache
+# The columns of TokenSplit.rows, one row per chunk.
+START, END, DOMAIN, BYTES, DOC, DOC_START = range(6)
 
 
 def cache_root() -> Path:
@@ -84,72 +90,138 @@ def chunks_of(corpus: Corpus) -> Iterator[Document]:
 
 @dataclass
 class Plan:
-    """Which chunk (by position in corpus order) goes where."""
+    """Which document goes to which split, and the chunks of each, all in corpus order."""
 
     domains: list[str]
-    domain: np.ndarray  # domain index per chunk
-    nbytes: np.ndarray  # UTF-8 bytes per chunk
-    val_order: np.ndarray  # chunk positions of the validation split, in slice order
+    doc_domain: np.ndarray  # domain index per document
+    doc_split: np.ndarray  # index into SPLITS per document
+    doc_hash: np.ndarray
+    doc_chunks: np.ndarray  # chunks per document
+    chunk_bytes: np.ndarray  # UTF-8 bytes per chunk
+    chunk_hash: np.ndarray
     tok_sample: np.ndarray  # chunk positions used to train the tokenizer
-    documents: np.ndarray  # documents (before chunking) per domain
+    notes: list[str] = field(default_factory=list)  # domains too small for every split
 
     @property
     def n_chunks(self) -> int:
-        return len(self.domain)
+        return len(self.chunk_bytes)
 
-    def train_order(self) -> np.ndarray:
-        """Chunk positions of the training split: grouped by domain, corpus order within."""
-        is_val = np.zeros(self.n_chunks, dtype=bool)
-        is_val[self.val_order] = True
-        train = np.flatnonzero(~is_val)
-        return train[np.argsort(self.domain[train], kind="stable")]
+    @property
+    def chunk_doc(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.doc_chunks)), self.doc_chunks)
+
+    @property
+    def first_chunk(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.doc_chunks)[:-1]]).astype(np.int64)
+
+    def documents(self, split: str) -> np.ndarray:
+        """The documents of a split in the order their tokens are laid out: training grouped
+        by domain (corpus order within), validation and test in slice order."""
+        docs = np.flatnonzero(self.doc_split == SPLITS.index(split))
+        if split == "train":
+            return docs[np.argsort(self.doc_domain[docs], kind="stable")]
+        return docs[_slice_order(self.doc_domain[docs], self.doc_hash[docs])]
+
+    def chunk_order(self, split: str) -> np.ndarray:
+        """Chunk positions of a split in slice order (for training: layout order)."""
+        docs = self.documents(split)
+        chunks = np.concatenate(
+            [np.arange(self.first_chunk[d], self.first_chunk[d] + self.doc_chunks[d]) for d in docs]
+            or [np.zeros(0, dtype=np.int64)]
+        )
+        if split == "train":
+            return chunks
+        domain = self.doc_domain[self.chunk_doc[chunks]]
+        return chunks[_slice_order(domain, self.chunk_hash[chunks])]
+
+    def split_bytes(self, split: str) -> int:
+        return int(self.chunk_bytes[np.isin(self.chunk_doc, self.documents(split))].sum())
 
 
-def plan_split(corpus: Corpus, val_fraction: float, tokenizer_bytes: int) -> Plan:
+def _slice_order(domain: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Positions ordered by hash, except that each domain's lowest-hash item comes first."""
+    by_hash = np.argsort(h, kind="stable")
+    _, first = np.unique(domain[by_hash], return_index=True)
+    firsts = by_hash[np.sort(first)]
+    rest = by_hash[~np.isin(by_hash, firsts)]
+    return np.concatenate([firsts, rest]).astype(np.int64)
+
+
+def survey(corpus: Corpus) -> Plan:
+    """Read ``corpus`` once for its documents, chunks, bytes and hashes; every document in
+    train (``plan_split`` assigns the splits)."""
     domains: dict[str, int] = {}
-    dom, nbytes, h_split, h_tok, n_docs = [], [], [], [], []
+    doc_domain, doc_hash, doc_chunks, chunk_bytes, chunk_hash = [], [], [], [], []
     for doc in corpus.documents():
-        d = domains.setdefault(doc.domain, len(domains))
-        if d == len(n_docs):
-            n_docs.append(0)
-        n_docs[d] += 1
+        doc_domain.append(domains.setdefault(doc.domain, len(domains)))
+        doc_hash.append(unit_hash(doc.id))
+        n = 0
         for c in chunk(doc):
-            dom.append(d)
-            nbytes.append(len(c.text.encode("utf-8")))
-            h_split.append(unit_hash(c.id))
-            h_tok.append(unit_hash(c.id, salt="tokenizer"))
-    if not dom or sum(nbytes) == 0:
+            chunk_bytes.append(len(c.text.encode("utf-8")))
+            chunk_hash.append(unit_hash(c.id, salt="slice"))
+            n += 1
+        doc_chunks.append(n)
+    if not doc_domain or sum(chunk_bytes) == 0:
         raise DataError(
             f"corpus '{corpus.name}' has no text; check the files and the 'text' column"
         )
-    dom_a, bytes_a, h = np.array(dom), np.array(nbytes, dtype=np.int64), np.array(h_split)
-    is_val = h < val_fraction
-    firsts = []
-    for d in range(len(domains)):  # every domain gets at least its lowest-hash chunk
-        members = np.flatnonzero(dom_a == d)
-        first = members[np.argmin(h[members])]
-        is_val[first] = True
-        firsts.append(first)
-    if is_val.all():
-        raise DataError(
-            f"corpus '{corpus.name}' is too small to split ({len(dom)} chunks, "
-            f"{len(domains)} domains); add text, or use fewer domains"
-        )
-    chosen = set(firsts)
-    val_by_hash = np.flatnonzero(is_val)[np.argsort(h[is_val], kind="stable")]
-    rest = [i for i in val_by_hash if i not in chosen]
-    firsts.sort(key=lambda i: h[i])
-    train = np.flatnonzero(~is_val)
-    by_tok_hash = train[np.argsort(np.array(h_tok)[train], kind="stable")]
-    take = np.searchsorted(np.cumsum(bytes_a[by_tok_hash]), tokenizer_bytes) + 1
     return Plan(
         sorted(domains, key=domains.get),
-        dom_a,
-        bytes_a,
-        np.array(firsts + rest, dtype=np.int64),
-        by_tok_hash[:take],
-        np.array(n_docs, dtype=np.int64),
+        np.array(doc_domain, dtype=np.int64),
+        np.zeros(len(doc_domain), dtype=np.int64),
+        np.array(doc_hash),
+        np.array(doc_chunks, dtype=np.int64),
+        np.array(chunk_bytes, dtype=np.int64),
+        np.array(chunk_hash),
+        np.zeros(0, dtype=np.int64),
     )
+
+
+def plan_split(
+    corpus: Corpus, val_fraction: float, tokenizer_bytes: int, test_fraction: float = 0.05
+) -> Plan:
+    """Assign every document of ``corpus`` to a split by a hash of its id.
+
+    A document whose hash falls below ``val_fraction`` is in validation, below
+    ``val_fraction + test_fraction`` in test, else in train. Then every domain is made to
+    appear where it can: with three or more documents it gets at least one of each split (its
+    lowest-hash documents move to validation and test, its highest-hash one to train if need
+    be); with two, one validation and one test document and nothing to train on; with one,
+    that document is validation only. Each such case is written to ``Plan.notes``. The
+    tokenizer learns from about ``tokenizer_bytes`` of training chunks, chosen by hash.
+    """
+    plan = survey(corpus)
+    dom, h = plan.doc_domain, plan.doc_hash
+    split = np.where(h < val_fraction, 1, np.where(h < val_fraction + test_fraction, 2, 0))
+    for d, name in enumerate(plan.domains):
+        members = np.flatnonzero(dom == d)
+        members = members[np.argsort(h[members], kind="stable")]
+        if len(members) == 1:
+            split[members[0]] = 1
+            plan.notes.append(f"domain '{name}' has 1 document: it is in validation only")
+            continue
+        if len(members) == 2:
+            split[members] = (1, 2)
+            plan.notes.append(
+                f"domain '{name}' has 2 documents: one in validation, one in test, none to train on"
+            )
+            continue
+        for want in (1, 2, 0):  # a domain without a split takes a document from a crowded one
+            if not (split[members] == want).any():
+                order = members if want else members[::-1]  # train takes the highest hash
+                spare = [i for i in order if (split[members] == split[i]).sum() > 1]
+                split[spare[0]] = want
+    if not (split == 0).any():
+        raise DataError(
+            f"corpus '{corpus.name}' is too small to split ({len(dom)} documents, "
+            f"{len(plan.domains)} domains); add text, or use fewer domains"
+        )
+    plan.doc_split = split
+    train = np.flatnonzero(np.repeat(split, plan.doc_chunks) == 0)
+    by_hash = train[np.argsort(plan.chunk_hash[train], kind="stable")]
+    take = np.searchsorted(np.cumsum(plan.chunk_bytes[by_hash]), tokenizer_bytes) + 1
+    plan.tok_sample = by_hash[:take]
+    return plan
 
 
 # -- token splits --------------------------------------------------------------------------
@@ -157,36 +229,43 @@ def plan_split(corpus: Corpus, val_fraction: float, tokenizer_bytes: int) -> Pla
 
 @dataclass
 class TokenSplit:
-    """A tokenized split: one token array; per document its start, domain and byte count."""
+    """A tokenized split: one token array, and one row per chunk (columns START ... DOC_START).
 
-    tokens: np.ndarray  # (N,) uint16 or uint32, each document preceded by the document token
-    docs: np.ndarray  # (D, 3) int64: start of the document token, domain index, UTF-8 bytes
+    Each document's tokens are contiguous and start with the document token; a row is one
+    chunk of a document: its tokens ``[START, END)`` (a document's first chunk includes the
+    document token), its domain, its UTF-8 bytes, the document it belongs to (numbered within
+    the split) and where that document's tokens start. Rows are in slice order (training: in
+    layout order), so ``head`` takes a fixed slice.
+    """
+
+    tokens: np.ndarray  # (N,) uint16 or uint32
+    rows: np.ndarray  # (C, 6) int64
     domains: list[str]
 
     @property
     def n_bytes(self) -> int:
-        return int(self.docs[:, 2].sum())
+        return int(self.rows[:, BYTES].sum())
+
+    @property
+    def n_documents(self) -> int:
+        return len(np.unique(self.rows[:, DOC]))
 
     def head(self, max_bytes: int) -> TokenSplit:
-        """The first documents holding at least ``max_bytes`` bytes (or all of them)."""
-        k = int(np.searchsorted(np.cumsum(self.docs[:, 2]), max_bytes)) + 1
-        k = min(k, len(self.docs))
-        end = int(self.docs[k, 0]) if k < len(self.docs) else len(self.tokens)
-        return TokenSplit(self.tokens[:end], self.docs[:k], self.domains)
-
-    def doc_lengths(self) -> np.ndarray:
-        """Tokens per document, its document token included."""
-        return np.diff(np.append(self.docs[:, 0], len(self.tokens)))
-
-    def token_domains(self) -> np.ndarray:
-        """The domain index of every token."""
-        return np.repeat(self.docs[:, 1], self.doc_lengths())
+        """The first chunks holding at least ``max_bytes`` bytes (or all of them), and never
+        fewer than the leading chunks of distinct domains (in slice order: one per domain, so
+        that every slice scores every domain). The tokens stay whole: a chunk's context is its
+        document's text before it."""
+        k = int(np.searchsorted(np.cumsum(self.rows[:, BYTES]), max_bytes)) + 1
+        domains = self.rows[:, DOMAIN].tolist()
+        distinct = next((i for i in range(1, len(domains)) if domains[i] in domains[:i]), None)
+        k = max(k, distinct or len(domains))
+        return TokenSplit(self.tokens, self.rows[: min(k, len(self.rows))], self.domains)
 
     def domain_tokens(self) -> np.ndarray:
         """Tokens per domain (document tokens included), in the order of ``domains``."""
-        return np.bincount(
-            self.docs[:, 1], weights=self.doc_lengths(), minlength=len(self.domains)
-        ).astype(np.int64)
+        lengths = self.rows[:, END] - self.rows[:, START]
+        counts = np.bincount(self.rows[:, DOMAIN], weights=lengths, minlength=len(self.domains))
+        return counts.astype(np.int64)
 
     def domain_starts(self) -> np.ndarray:
         """Where each domain's tokens begin; a split grouped by domain (training) only."""
@@ -195,8 +274,8 @@ class TokenSplit:
     @classmethod
     def load(cls, directory: Path, name: str, domains: list[str]) -> TokenSplit:
         tokens = np.load(directory / f"{name}.tokens.npy", mmap_mode="r", allow_pickle=False)
-        docs = np.load(directory / f"{name}.docs.npy", allow_pickle=False)
-        return cls(tokens, docs, domains)
+        rows = np.load(directory / f"{name}.rows.npy", allow_pickle=False)
+        return cls(tokens, rows, domains)
 
 
 @dataclass
@@ -204,9 +283,13 @@ class PreparedData:
     tokenizer: Tokenizer
     train: TokenSplit
     val: TokenSplit
+    test: TokenSplit
     cache_dir: Path
     reused: bool
     meta: dict[str, Any] = field(default_factory=dict)  # the cache's meta.json
+
+    def split(self, name: str) -> TokenSplit:
+        return {"train": self.train, "validation": self.val, "test": self.test}[name]
 
 
 def token_dtype(vocab_size: int):
@@ -219,19 +302,25 @@ def prepare_data(
     tokenizer: Tokenizer | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> PreparedData:
-    """Tokenized train and validation splits for the run's corpus, from the cache if possible.
+    """Tokenized train, validation and test splits of the run's corpus, from the cache if
+    possible.
 
     Without ``tokenizer`` the run's tokenizer is trained on the training split (or taken from
     the cache); with one (a resumed run, an evaluation) it is used as it is.
     """
     corpus = build_corpus(cfg, registry)
-    split_key = _key(FORMAT, corpus.fingerprint(), cfg.val_fraction, CHUNK_CHARS)
+    fractions = (cfg.val_fraction, cfg.test_fraction)
+    split_key = _key(FORMAT, corpus.fingerprint(), *fractions, CHUNK_CHARS)
     plan: Plan | None = None
 
     def get_plan() -> Plan:
         nonlocal plan
         if plan is None:
-            plan = plan_split(corpus, cfg.val_fraction, cfg.tokenizer_train_bytes)
+            plan = plan_split(
+                corpus, cfg.val_fraction, cfg.tokenizer_train_bytes, cfg.test_fraction
+            )
+            for note in plan.notes:
+                log(f"note: {note}")
         return plan
 
     if tokenizer is None:
@@ -246,7 +335,8 @@ def prepare_data(
             tokenizer.restore(tok_file.read_text(encoding="utf-8"))
         else:
             p = get_plan()
-            log(f"training the {tokenizer.name} tokenizer on {_mb(p.nbytes[p.tok_sample].sum())}")
+            sample = _mb(p.chunk_bytes[p.tok_sample].sum())
+            log(f"training the {tokenizer.name} tokenizer on {sample}")
             wanted = np.zeros(p.n_chunks, dtype=bool)
             wanted[p.tok_sample] = True
             tokenizer.train(c.text for i, c in enumerate(chunks_of(corpus)) if wanted[i])
@@ -261,29 +351,71 @@ def prepare_data(
         log(f"reusing the token cache {directory}")
     else:
         p = get_plan()
-        log(f"tokenizing {corpus.name} ({_mb(p.nbytes.sum())}) with {tokenizer.name}")
+        log(f"tokenizing {corpus.name} ({_mb(p.chunk_bytes.sum())}) with {tokenizer.name}")
         _build_cache(directory, corpus, p, tokenizer)
     meta = json.loads((directory / "meta.json").read_text())
-    train = TokenSplit.load(directory, "train", meta["domains"])
-    val = TokenSplit.load(directory, "val", meta["domains"])
-    return PreparedData(tokenizer, train, val, directory, reused, meta)
+    splits = [TokenSplit.load(directory, name, meta["domains"]) for name in SPLITS]
+    return PreparedData(tokenizer, *splits, directory, reused, meta)
 
 
-def _build_cache(directory: Path, corpus: Corpus, plan: Plan, tok: Tokenizer) -> None:
-    """Encode every chunk once, then lay out both splits; publish the folder atomically."""
+def prepare_text(
+    spec: str,
+    cfg: RunConfig,
+    registry: Any,
+    tokenizer: Tokenizer,
+    log: Callable[[str], None] = lambda msg: None,
+) -> TokenSplit:
+    """Every document of corpus ``spec`` (a path or a corpus name), tokenized whole with
+    ``tokenizer``, in corpus order: the text ``klm eval --data`` scores. Cached like a split."""
+    corpus = build_corpus(cfg.replace(corpus=spec), registry)
+    key = _key(FORMAT, "all", corpus.fingerprint(), CHUNK_CHARS, tokenizer.fingerprint())
+    directory = cache_root() / "tokens" / key
+    if (directory / "meta.json").exists():
+        log(f"reusing the token cache {directory}")
+    else:
+        plan = survey(corpus)
+        log(f"tokenizing {corpus.name} ({_mb(plan.chunk_bytes.sum())}) with {tokenizer.name}")
+        _build_cache(directory, corpus, plan, tokenizer, layout={"all": _corpus_order})
+    meta = json.loads((directory / "meta.json").read_text())
+    return TokenSplit.load(directory, "all", meta["domains"])
+
+
+def _corpus_order(plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    docs = np.arange(len(plan.doc_chunks))
+    return docs, np.arange(plan.n_chunks)
+
+
+def _split_layout(name: str) -> Callable[[Plan], tuple[np.ndarray, np.ndarray]]:
+    return lambda plan: (plan.documents(name), plan.chunk_order(name))
+
+
+def _build_cache(
+    directory: Path, corpus: Corpus, plan: Plan, tok: Tokenizer, layout: dict | None = None
+) -> None:
+    """Encode every chunk once, then lay out each split; publish the folder atomically.
+
+    ``layout`` maps a split name to (its documents in layout order, its chunks in row order);
+    by default the three splits of ``plan``.
+    """
+    layout = layout or {name: _split_layout(name) for name in SPLITS}
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
     try:
         dtype = np.dtype(token_dtype(tok.vocab_size))
-        lengths = _encode_chunks(corpus, tok, tmp / "chunks.bin", dtype, plan.n_chunks)
+        lengths = _encode_chunks(corpus, tok, tmp / "chunks.bin", dtype, plan)
         bounds = np.concatenate([[0], np.cumsum(lengths)])
         counts = {}
-        for name, order in (("train", plan.train_order()), ("val", plan.val_order)):
-            _write_split(tmp, name, tmp / "chunks.bin", bounds, order, plan, dtype)
-            counts[f"{name}_tokens"] = int(lengths[order].sum())
+        for name, order in layout.items():
+            docs, rows = order(plan)
+            _write_split(tmp, name, tmp / "chunks.bin", bounds, docs, rows, plan, dtype)
+            counts[f"{name}_tokens"] = int(lengths[rows].sum())
+            counts[f"{name}_documents"] = np.bincount(
+                plan.doc_domain[docs], minlength=len(plan.domains)
+            ).tolist()
         (tmp / "chunks.bin").unlink()
         meta = {
             "format": FORMAT,
+            "split_version": SPLIT_VERSION,
             "corpus": corpus.name,
             "corpus_fingerprint": corpus.fingerprint(),
             "tokenizer": tok.name,
@@ -291,7 +423,8 @@ def _build_cache(directory: Path, corpus: Corpus, plan: Plan, tok: Tokenizer) ->
             "vocab_size": tok.vocab_size,
             "dtype": dtype.name,
             "domains": plan.domains,
-            "documents": plan.documents.tolist(),
+            "documents": np.bincount(plan.doc_domain, minlength=len(plan.domains)).tolist(),
+            "split_notes": plan.notes,
             **counts,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -303,19 +436,23 @@ def _build_cache(directory: Path, corpus: Corpus, plan: Plan, tok: Tokenizer) ->
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _encode_chunks(corpus: Corpus, tok: Tokenizer, path: Path, dtype, n: int) -> np.ndarray:
-    """Append every chunk, in corpus order, as [document token, *ids] to ``path``.
+def _encode_chunks(corpus: Corpus, tok: Tokenizer, path: Path, dtype, plan: Plan) -> np.ndarray:
+    """Append every chunk, in corpus order, to ``path``: a document's first chunk as
+    [document token, *ids], the others as [*ids]. Returns the tokens per chunk.
 
-    Returns the tokens per chunk. Text goes to the tokenizer in batches of about BATCH_CHARS.
+    Text goes to the tokenizer in batches of about BATCH_CHARS.
     """
     lengths = []
+    first = np.zeros(plan.n_chunks + 1, dtype=bool)
+    first[plan.first_chunk] = True
     doc = np.array([tok.doc_id], dtype=dtype).tobytes()
     with open(path, "wb") as f:
         for texts in _text_batches(chunks_of(corpus)):
             for ids in tok.encode_batch(texts):
-                f.write(doc + np.asarray(ids, dtype=dtype).tobytes())
-                lengths.append(len(ids) + 1)
-    if len(lengths) != n:
+                head = first[len(lengths)]
+                f.write((doc if head else b"") + np.asarray(ids, dtype=dtype).tobytes())
+                lengths.append(len(ids) + head)
+    if len(lengths) != plan.n_chunks:
         raise DataError(
             f"corpus '{corpus.name}' changed while it was being read; run again when it is still"
         )
@@ -334,25 +471,44 @@ def _text_batches(chunks: Iterator[Document]) -> Iterator[list[str]]:
         yield batch
 
 
-def _write_split(tmp, name, source, bounds, order, plan, dtype) -> None:
-    """``name``.tokens.npy: the chunks ``order`` names, copied from ``source`` in that order;
-    ``name``.docs.npy: each one's start, domain and bytes."""
-    lengths = bounds[order + 1] - bounds[order]
+def _write_split(tmp, name, source, bounds, docs, row_chunks, plan, dtype) -> None:
+    """``name``.tokens.npy: the documents ``docs``, each one's chunks copied from ``source`` in
+    order; ``name``.rows.npy: a row per chunk of ``row_chunks``, in that order."""
+    first, n = plan.first_chunk[docs], plan.doc_chunks[docs]
+    chunks = np.concatenate(
+        [np.arange(a, a + k) for a, k in zip(first, n, strict=True)] or [np.zeros(0, np.int64)]
+    ).astype(np.int64)
+    lengths = bounds[chunks + 1] - bounds[chunks]
     header = {
         "descr": np.lib.format.dtype_to_descr(dtype),
         "fortran_order": False,
         "shape": (int(lengths.sum()),),
     }
-    runs = np.flatnonzero(np.diff(order, prepend=-2) != 1)  # consecutive chunks copy at once
+    runs = np.flatnonzero(np.diff(chunks, prepend=-2) != 1)  # consecutive chunks copy at once
     with open(source, "rb") as src, open(tmp / f"{name}.tokens.npy", "wb") as out:
         np.lib.format.write_array_header_1_0(out, header)
-        for a, b in zip(runs, [*runs[1:], len(order)], strict=True):
-            start, end = bounds[order[a]], bounds[order[b - 1] + 1]
+        for a, b in zip(runs, [*runs[1:], len(chunks)], strict=True):
+            start, end = bounds[chunks[a]], bounds[chunks[b - 1] + 1]
             src.seek(int(start) * dtype.itemsize)
             _copy(src, out, int(end - start) * dtype.itemsize)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    docs = np.stack([starts, plan.domain[order], plan.nbytes[order]], axis=1)
-    np.save(tmp / f"{name}.docs.npy", docs.astype(np.int64))
+    # where each chunk landed, and which document (numbered in layout order) it belongs to
+    at = np.full(plan.n_chunks, -1, dtype=np.int64)
+    at[chunks] = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    doc_number = np.full(len(plan.doc_chunks), -1, dtype=np.int64)
+    doc_number[docs] = np.arange(len(docs))
+    owner = plan.chunk_doc[row_chunks]
+    rows = np.stack(
+        [
+            at[row_chunks],
+            at[row_chunks] + bounds[row_chunks + 1] - bounds[row_chunks],
+            plan.doc_domain[owner],
+            plan.chunk_bytes[row_chunks],
+            doc_number[owner],
+            at[plan.first_chunk[owner]],
+        ],
+        axis=1,
+    )
+    np.save(tmp / f"{name}.rows.npy", rows.astype(np.int64).reshape(-1, 6))
 
 
 def _copy(src, out, nbytes: int, block: int = 1 << 24) -> None:
@@ -374,22 +530,29 @@ def _mb(n: int) -> str:
 
 
 def domain_stats(data: PreparedData) -> dict[str, dict[str, float]]:
-    """Per domain, and for "total": documents, bytes, tokens (text only, not the document
-    tokens), bytes per token and the domain's share of the training tokens."""
-    domains = data.train.domains
-    documents = np.array(data.meta.get("documents", [0] * len(domains)), dtype=np.int64)
-    chunks, nbytes, tokens = (np.zeros(len(domains), dtype=np.int64) for _ in range(3))
-    for split in (data.train, data.val):
-        dom = split.docs[:, 1]
-        chunks += np.bincount(dom, minlength=len(domains))
-        nbytes += np.bincount(dom, weights=split.docs[:, 2], minlength=len(domains)).astype(int)
+    """Per domain, and for "total": documents (all, and in validation and test), bytes, tokens
+    (text only, not the document tokens), bytes per token and the domain's share of the
+    training tokens."""
+    domains, meta = data.train.domains, data.meta
+    zeros = [0] * len(domains)
+    documents = np.array(meta.get("documents", zeros), dtype=np.int64)
+    in_val = np.array(meta.get("validation_documents", zeros), dtype=np.int64)
+    in_test = np.array(meta.get("test_documents", zeros), dtype=np.int64)
+    nbytes, tokens = (np.zeros(len(domains), dtype=np.int64) for _ in range(2))
+    for split in (data.train, data.val, data.test):
+        dom = split.rows[:, DOMAIN]
+        nbytes += np.bincount(dom, weights=split.rows[:, BYTES], minlength=len(domains)).astype(
+            np.int64
+        )
         tokens += split.domain_tokens()
-    tokens -= chunks  # each chunk starts with a document token, which stands for no text
+    tokens -= documents  # each document starts with a document token, which stands for no text
     share = data.train.domain_tokens() / max(1, len(data.train.tokens))
 
     def row(i) -> dict[str, float]:
         return {
             "documents": int(documents[i].sum()),
+            "validation_documents": int(in_val[i].sum()),
+            "test_documents": int(in_test[i].sum()),
             "bytes": int(nbytes[i].sum()),
             "tokens": int(tokens[i].sum()),
             "bytes_per_token": float(nbytes[i].sum() / max(1, tokens[i].sum())),

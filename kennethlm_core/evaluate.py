@@ -37,13 +37,38 @@ LN2 = math.log(2)
 class BPB:
     bpb: float
     by_domain: dict[str, float]
-    doc_bits: np.ndarray  # bits per validation document
+    doc_bits: np.ndarray  # bits per document scored (all its chunks in the slice)
     doc_bytes: np.ndarray
     doc_domain: np.ndarray
 
     def ci(self, iters: int = 1000, seed: int = 0) -> tuple[float, float] | None:
         """95% bootstrap interval over documents (None for a single document)."""
         return bootstrap_ratio(self.doc_bits, self.doc_bytes, iters, seed)
+
+
+def score_windows(split: TokenSplit, block_size: int, stride: int = 0) -> np.ndarray:
+    """The windows that score every target of ``split`` once: rows of (start, lo, hi, row).
+
+    Window ``(start, lo, hi, row)`` scores part of chunk ``split.rows[row]``: it feeds
+    ``tokens[start : start + block_size]`` to the model and keeps its predictions
+    ``lo <= j < hi``, which are of the tokens ``start + 1 + j``. Targets go in blocks of
+    ``stride`` (default ``block_size // 2``), and each block's window ends at its last target,
+    so every target sees at least ``block_size - stride + 1`` tokens of context, or all of its
+    document before it where the document is shorter. A window never reaches back past its
+    document's start; near the start one window scores everything its context allows.
+    Document tokens are context only: a chunk's targets begin after its document's token.
+    """
+    T = block_size
+    S = stride or max(1, T // 2)
+    out = []
+    for row, (start, end, _, _, _, doc_start) in enumerate(split.rows.tolist()):
+        q = max(start, doc_start + 1)  # the first target
+        while q < end:
+            w = max(doc_start, q + S - 1 - T)  # the window's first input token
+            stop = min(end, w + T + 1)  # its last target + 1
+            out.append((w, q - w - 1, stop - w - 1, row))
+            q = stop
+    return np.array(out, dtype=np.int64).reshape(-1, 4)
 
 
 @torch.no_grad()
@@ -55,43 +80,56 @@ def bits_per_byte(
     device: torch.device | str = "cpu",
     batch_size: int = 64,
     autocast: Any = None,
+    stride: int = 0,
 ) -> BPB:
+    """Bits per byte of the chunks in ``split``, scored in strided windows (score_windows).
+
+    Every byte is counted once; bits and bytes are summed per document, so the interval
+    bootstraps over documents. ``doc_id`` is unused since document tokens are never targets by
+    construction, and is kept so that callers name the tokenizer they score with.
+    """
+    from kennethlm_core.data import BYTES, DOC, DOMAIN
+
     device = torch.device(device)
-    tokens = torch.from_numpy(np.asarray(split.tokens, dtype=np.int64))
-    n_targets = len(tokens) - 1
     T = block_size
-    n_win = max(1, math.ceil(n_targets / T))
-    padded = torch.full((n_win * T + 1,), -1, dtype=torch.long)
-    padded[: len(tokens)] = tokens
-    x = padded[:-1].view(n_win, T).clamp(min=0)  # padding only ever follows real tokens
-    y = padded[1:].view(n_win, T).clone()
-    y[y == doc_id] = -1  # document tokens carry no bytes: context only
-    doc_of = np.full(n_win * T, -1, dtype=np.int64)
-    starts = np.append(split.docs[:, 0], len(tokens))
-    doc_of[:n_targets] = np.repeat(np.arange(len(split.docs)), np.diff(starts))[1:]
-    doc_of = torch.from_numpy(doc_of).view(n_win, T)
+    windows = score_windows(split, T, stride)
+    tokens = np.asarray(split.tokens)
+    doc_of_row = split.rows[:, DOC]
+    offsets = np.arange(T + 1)
+    last = len(tokens) - 1
 
     was_training = model.training
     model.eval()
-    doc_bits = torch.zeros(len(split.docs), dtype=torch.float64)
+    n_docs = int(doc_of_row.max()) + 1 if len(doc_of_row) else 0
+    doc_bits = torch.zeros(n_docs, dtype=torch.float64)
     ctx = autocast or contextlib.nullcontext()
-    for i in range(0, n_win, batch_size):
-        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+    for i in range(0, len(windows), batch_size):
+        w = windows[i : i + batch_size]
+        xy = torch.from_numpy(tokens[np.minimum(w[:, :1] + offsets, last)].astype(np.int64))
+        j = torch.arange(T)
+        keep = (j >= torch.from_numpy(w[:, 1:2])) & (j < torch.from_numpy(w[:, 2:3]))
         with ctx:
-            logits, _ = model(xb)
-        nll = F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)),
-            yb.reshape(-1),
-            ignore_index=-1,
-            reduction="none",
+            logits, _ = model(xy[:, :-1].to(device))
+        nll = (
+            F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)),
+                xy[:, 1:].reshape(-1).to(device),
+                reduction="none",
+            )
+            .view(len(w), T)
+            .cpu()
+            .double()
         )
-        keep = yb.reshape(-1).cpu() >= 0
-        doc_bits.index_add_(
-            0, doc_of[i : i + batch_size].reshape(-1)[keep], nll.cpu().double()[keep] / LN2
-        )
+        bits = torch.where(keep, nll, 0.0).sum(dim=1) / LN2  # inf outside: not 0 * inf
+        doc_bits.index_add_(0, torch.from_numpy(doc_of_row[w[:, 3]]), bits)
     model.train(was_training)
 
-    bits, nbytes, dom = doc_bits.numpy(), split.docs[:, 2].astype(np.float64), split.docs[:, 1]
+    bits = doc_bits.numpy()
+    nbytes = np.bincount(doc_of_row, weights=split.rows[:, BYTES], minlength=n_docs)
+    dom = np.zeros(n_docs, dtype=np.int64)
+    dom[doc_of_row] = split.rows[:, DOMAIN]
+    scored = nbytes > 0
+    bits, nbytes, dom = bits[scored], nbytes[scored], dom[scored]
     by_domain = {}
     for d, name in enumerate(split.domains):
         if (dom == d).any():
@@ -444,33 +482,62 @@ class LoadedRun(LanguageModel):
 
 
 class BPBTask:
-    """Bits per byte on the run's validation split (or another corpus), overall and per domain.
+    """Bits per byte, overall and per domain, of one of three texts:
 
-    ``limit`` is in bytes of validation text (default: the run's ``final_eval_bytes``).
+    - a split of the run's own corpus (``split``: validation, the default, or test), or of
+      another corpus (``corpus``: its split of that name);
+    - or all of the text at ``data`` (a file, folder or glob, an exported split, or a corpus
+      name such as dagw), every document whole, in file order.
+
+    ``limit`` is in bytes: the first chunks holding at least that much text (default: the
+    run's ``final_eval_bytes`` of a split, all of ``data``). ``stride`` overrides the run's
+    ``eval_stride`` (``stride = block_size`` gives non-overlapping windows).
     """
 
     name = "bpb"
 
+    def __init__(self, split: str = "validation", corpus: str | None = None, stride: int = 0):
+        self.split, self.corpus, self.stride = split, corpus, stride
+
     def evaluate(self, lm: LoadedRun, *, data: str | None = None, limit: int | None = None):
         from kennethlm_core.config import resolve
-        from kennethlm_core.data import prepare_data
+        from kennethlm_core.data import SPLITS, prepare_data, prepare_text
 
-        cfg = lm.config if data is None else resolve(lm.config.replace(corpus=data), lm.registry)
-        prepared = prepare_data(cfg, lm.registry, tokenizer=lm.tokenizer)
-        split = prepared.val.head(limit or cfg.final_eval_bytes)
+        if self.split not in SPLITS[1:]:
+            raise ConfigError(f"unknown split '{self.split}'; score validation or test")
+        if data is not None and self.corpus is not None:
+            raise ConfigError("give --data (all of its text) or --corpus (its split), not both")
+        cfg = lm.config
+        if data is not None:
+            text = prepare_text(data, cfg, lm.registry, lm.tokenizer)
+            what = f"of all the text at {data}"
+        else:
+            if self.corpus is not None:
+                cfg = resolve(cfg.replace(corpus=self.corpus), lm.registry)
+            text = prepare_data(cfg, lm.registry, tokenizer=lm.tokenizer).split(self.split)
+            limit = limit or cfg.final_eval_bytes
+            what = f"of the {self.split} split of {cfg.corpus}"
+        if text.n_bytes == 0:
+            raise DataError(f"{data or cfg.corpus}: no text to score")
+        part = text.head(limit) if limit else text
         res = bits_per_byte(
-            lm.model, split, lm.block_size, lm.tokenizer.doc_id, lm.device, autocast=lm.autocast
+            lm.model,
+            part,
+            lm.block_size,
+            lm.tokenizer.doc_id,
+            lm.device,
+            autocast=lm.autocast,
+            stride=self.stride or lm.config.eval_stride,
         )
         metrics = {"bpb": Metric(res.bpb, res.ci(), chance=8.0, higher_is_better=False)}
         for name, value in res.by_domain.items():
-            sel = res.doc_domain == split.domains.index(name)
+            sel = res.doc_domain == part.domains.index(name)
             ci = bootstrap_ratio(res.doc_bits[sel], res.doc_bytes[sel])
             metrics[f"bpb/{name}"] = Metric(
                 value, ci, chance=8.0, higher_is_better=False, n=int(sel.sum())
             )
-        return TaskResult(
-            metrics, n=len(split.docs), notes=f"{split.n_bytes} bytes of validation text"
-        )
+        notes = f"{part.n_bytes:,} bytes {what}, {len(res.doc_bytes):,} documents"
+        return TaskResult(metrics, n=len(res.doc_bytes), notes=notes)
 
 
 def task_data(task: Any, data: str | None, several: bool) -> str | None:
@@ -507,31 +574,48 @@ def run_tasks(
     device: str = "auto",
     registry: Any = None,
     corpus: str | None = None,
+    split: str = "validation",
+    stride: int = 0,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Evaluate a run on tasks; merge each result into the run's eval.json as it comes.
 
-    ``data`` is resolved per task by ``task_data``; ``corpus`` is the bpb task's (another
-    corpus whose validation split to score). ``limit`` caps every task's examples (bpb: bytes);
-    without it each task uses its ``default_limit``.
+    ``data`` is resolved per task by ``task_data``, except that the bpb task alone takes it as
+    it is (any corpus: a path or a name); ``corpus``, ``split`` and ``stride`` are the bpb
+    task's (another corpus, which of its splits to score, targets per window). ``limit`` caps
+    every task's examples (bpb: bytes); without it each task uses its ``default_limit``.
+    Results go to eval.json under the task's name; bpb on anything but the run's own
+    validation split goes under a key that says what it scored ("bpb/test", "bpb@PATH").
     """
     from kennethlm_core.checkpoint import atomic_write_json
+    from kennethlm_core.data import SPLITS
     from kennethlm_core.plugins import get_registry
 
+    if split not in SPLITS[1:]:
+        raise ConfigError(f"unknown split '{split}'; --split is validation or test")
     registry = registry or get_registry()
     comps = {n: registry.get("task", n) for n in names}  # unknown names fail before loading
     lm = LoadedRun(run_dir, device=device, registry=registry)
     tasks = {n: c.factory(lm.config) for n, c in comps.items()}
-    paths = {n: task_data(t, data, len(tasks) > 1) for n, t in tasks.items()}
-    if corpus is not None and "bpb" in paths:
-        paths["bpb"] = corpus
+    paths = {n: task_data(t, data, len(tasks) > 1) for n, t in tasks.items() if n != "bpb"}
+    keys = {n: n for n in tasks}
+    if "bpb" in tasks:
+        bpb = tasks["bpb"]
+        bpb.split, bpb.corpus, bpb.stride = split, corpus, stride
+        paths["bpb"] = data if len(tasks) == 1 else None
+        if paths["bpb"] is not None:
+            keys["bpb"] = f"bpb@{paths['bpb']}"
+        elif corpus is not None or split != "validation":
+            keys["bpb"] = f"bpb/{split}" + (f"@{corpus}" if corpus is not None else "")
+        if stride:
+            keys["bpb"] += f"/stride-{stride}"
     results, path = {}, Path(run_dir) / "eval.json"
     for name, task in tasks.items():
-        log(f"{name} ...")
+        log(f"{keys[name]} ...")
         t0 = time.perf_counter()
         res = task.evaluate(lm, data=paths[name], limit=limit).to_json()
         res["seconds"] = round(time.perf_counter() - t0, 2)
-        results[name] = res
+        results[keys[name]] = res
         existing = json.loads(path.read_text()) if path.exists() else {}
-        atomic_write_json(path, {**existing, name: res})
+        atomic_write_json(path, {**existing, keys[name]: res})
     return results

@@ -15,7 +15,10 @@ from kennethlm_core import data as data_module
 from kennethlm_core.builtin.corpora import PathCorpus
 from kennethlm_core.components import Corpus, Document
 from kennethlm_core.data import (
+    BYTES,
     CHUNK_CHARS,
+    DOC,
+    DOMAIN,
     Batches,
     TokenSplit,
     chunk,
@@ -69,28 +72,80 @@ def test_chunks_rejoin_to_the_document():
     assert pieces[0].text.endswith("\n")  # cut at a line break when there is one
 
 
+def split_ids(plan, corpus):
+    ids = [d.id for d in corpus.documents()]
+    return {
+        name: {ids[i] for i in plan.documents(name)} for name in ("train", "validation", "test")
+    }
+
+
 def test_split_is_stable_when_documents_are_added():
-    base = docs(200, "news") + docs(200, "books")
-    grown = base + docs(300, "news", prefix="new-") + docs(50, "wiki")
-    a = plan_split(ListCorpus(base), 0.1, 10_000)
-    b = plan_split(ListCorpus(grown), 0.1, 10_000)
-    val_a = {base[i].id for i in a.val_order}
-    val_b = {grown[i].id for i in b.val_order}
-    assert val_a == {d.id for d in base} & val_b  # no old chunk moved in or out
-    assert 20 < len(val_a) < 60  # about 10% of 400
+    base = ListCorpus(docs(300, "news") + docs(300, "books"))
+    grown = ListCorpus(base.docs + docs(300, "news", prefix="new-") + docs(50, "wiki"))
+    a = split_ids(plan_split(base, 0.1, 10_000, 0.1), base)
+    b = split_ids(plan_split(grown, 0.1, 10_000, 0.1), grown)
+    for name in a:  # no old document moved between splits
+        assert a[name] == {d.id for d in base.docs} & b[name]
+    assert 30 < len(a["validation"]) < 90 and 30 < len(a["test"]) < 90  # about 10% of 600
 
 
-def test_every_domain_appears_in_validation():
-    corpus = ListCorpus(docs(100, "big") + docs(2, "tiny") + docs(1, "single", length=5000))
-    plan = plan_split(corpus, 0.05, 1000)
-    assert {plan.domains[plan.domain[i]] for i in plan.val_order} == {"big", "tiny", "single"}
+def test_no_document_has_text_in_two_splits(registry, tmp_path):
+    """Long documents of many chunks: each lies whole in one split, and the tokens of each
+    split decode to exactly the documents of that split."""
+    rng = np.random.default_rng(0)
+    words = ["hus", "skib", "æble", "ørn", "sø", "vind", "regn", "bog"]
+    rows = []
+    for i in range(40):
+        n = int(rng.integers(50, 6000)) if i % 4 else 3 * CHUNK_CHARS // 5  # many chunks
+        text = " ".join(rng.choice(words, size=n)) + "\n"
+        rows.append({"id": f"doc-{i}", "text": text, "domain": ["a", "b", "c"][i % 3]})
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    cfg = tiny_config(registry, corpus=str(path), tokenizer="byte", val_fraction=0.2)
+    data = prepare_data(cfg, registry)
+    assert max(len(list(chunk(Document(r["id"], r["text"])))) for r in rows) >= 4
+    texts = {r["text"]: r["id"] for r in rows}
+    seen = {}
+    for name in ("train", "validation", "test"):
+        split = data.split(name)
+        starts = np.flatnonzero(np.asarray(split.tokens) == data.tokenizer.doc_id)
+        bounds = [*starts, len(split.tokens)]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            text = data.tokenizer.decode(split.tokens[a + 1 : b].tolist())
+            assert text in texts, "a split holds a piece of a document, not a whole one"
+            assert texts[text] not in seen, f"{texts[text]} is in {seen.get(texts[text])} too"
+            seen[texts[text]] = name
+        rows_bytes = split.rows[:, BYTES].sum()  # what the split scores
+        assert rows_bytes == sum(len(t.encode()) for t, i in texts.items() if seen.get(i) == name)
+    assert len(seen) == len(rows)
+    assert {"validation", "test", "train"} == set(seen.values())
+
+
+def test_every_domain_appears_in_validation_and_test_and_small_ones_are_said():
+    corpus = ListCorpus(
+        docs(100, "big") + docs(3, "three") + docs(2, "two") + docs(1, "single", length=5000)
+    )
+    plan = plan_split(corpus, 0.05, 1000, 0.05)
+    for name in ("validation", "test"):
+        assert {plan.domains[d] for d in plan.doc_domain[plan.documents(name)]} >= {
+            "big",
+            "three",
+            "two",
+        }
+    assert "single" in {plan.domains[d] for d in plan.doc_domain[plan.documents("validation")]}
+    train = {plan.domains[d] for d in plan.doc_domain[plan.documents("train")]}
+    assert train == {"big", "three"}
+    assert plan.notes == [
+        "domain 'two' has 2 documents: one in validation, one in test, none to train on",
+        "domain 'single' has 1 document: it is in validation only",
+    ]
     # the first chunk of every domain leads the validation order, so every slice has them all
-    assert {plan.domain[i] for i in plan.val_order[:3]} == {0, 1, 2}
+    order = plan.chunk_order("validation")
+    assert set(plan.doc_domain[plan.chunk_doc[order[:4]]]) == {0, 1, 2, 3}
 
 
 def test_a_corpus_too_small_to_split_is_refused():
     with pytest.raises(DataError, match="too small"):
-        plan_split(ListCorpus(docs(1, "a") + docs(1, "b")), 0.05, 1000)
+        plan_split(ListCorpus(docs(1, "a") + docs(2, "b")), 0.05, 1000)
     with pytest.raises(DataError, match="no text"):
         plan_split(ListCorpus([]), 0.05, 1000)
 
@@ -162,10 +217,11 @@ def test_token_cache_is_reused_and_rebuilt_when_the_corpus_changes(tmp_path, reg
 def test_validation_bytes_do_not_depend_on_the_tokenizer(registry):
     char = prepare_data(tiny_config(registry, tokenizer="char"), registry)
     byte = prepare_data(tiny_config(registry, tokenizer="byte"), registry)
-    assert np.array_equal(char.val.docs[:, 1:], byte.val.docs[:, 1:])  # same documents, bytes
+    columns = [DOMAIN, BYTES, DOC]
+    assert np.array_equal(char.val.rows[:, columns], byte.val.rows[:, columns])  # same chunks
     assert char.val.head(2048).n_bytes == byte.val.head(2048).n_bytes >= 2048
     tok = byte.tokenizer  # and those bytes are the text's own
-    assert len(byte.val.tokens) == byte.val.n_bytes + len(byte.val.docs)
+    assert len(byte.val.tokens) == byte.val.n_bytes + byte.val.n_documents
     assert tok.doc_id == byte.val.tokens[0]
 
 
@@ -181,13 +237,12 @@ def test_one_text_one_byte_count_whatever_the_tokenizer(registry):
         torch.manual_seed(0)
         model = build_model(cfg, data.tokenizer.vocab_size, registry)
         result = bits_per_byte(model, val, cfg.block_size, data.tokenizer.doc_id)
-        scored[name] = (val.docs[:, 1:].tolist(), result.doc_bytes.tolist())
-        bounds = [*val.docs[:, 0], len(val.tokens)]
-        texts[name] = [
-            data.tokenizer.decode(val.tokens[a + 1 : b].tolist())
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-        ]
-        assert [len(t.encode()) for t in texts[name]] == val.docs[:, 2].tolist()
+        scored[name] = (val.rows[:, [DOMAIN, BYTES, DOC]].tolist(), result.doc_bytes.tolist())
+        texts[name] = []
+        for start, end, _, nbytes, _, doc_start in val.rows.tolist():
+            text = data.tokenizer.decode(val.tokens[max(start, doc_start + 1) : end].tolist())
+            assert len(text.encode()) == nbytes
+            texts[name].append(text)
     assert len({json.dumps(v) for v in scored.values()}) == 1, scored.keys()
     assert len({json.dumps(v) for v in texts.values()}) == 1
 
@@ -205,12 +260,13 @@ def test_the_cache_is_built_in_batches_and_laid_out_by_domain(registry, monkeypa
     batched = prepare_data(cfg, registry, tokenizer=whole.tokenizer)
     assert not batched.reused and len(seen) > 10
     assert max(sum(map(len, b)) for b in seen) < 5000 + CHUNK_CHARS
-    for a, b in ((whole.train, batched.train), (whole.val, batched.val)):
-        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.docs, b.docs)
+    for name in ("train", "validation", "test"):
+        a, b = whole.split(name), batched.split(name)
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.rows, b.rows)
     train = batched.train
-    assert list(train.docs[:, 1]) == sorted(train.docs[:, 1])  # grouped by domain
+    assert list(train.rows[:, DOMAIN]) == sorted(train.rows[:, DOMAIN])  # grouped by domain
     starts = train.domain_starts()
-    assert list(starts) == [train.docs[train.docs[:, 1] == d][0, 0] for d in range(5)]
+    assert list(starts) == [train.rows[train.rows[:, DOMAIN] == d][0, 0] for d in range(5)]
     assert train.tokens.dtype == np.uint16 and batched.meta["dtype"] == "uint16"
     assert token_dtype(2**16) == np.uint16 and token_dtype(2**16 + 1) == np.uint32
     assert all(train.tokens[starts] == batched.tokenizer.doc_id)
@@ -268,8 +324,8 @@ def test_batches_follow_the_mix():
     # three domains whose tokens are 1, 2 and 3: a window shows where it was drawn
     sizes = [1000, 3000, 500]
     tokens = np.repeat(np.array([1, 2, 3], dtype=np.uint16), sizes)
-    docs = np.array([[0, 0, 1000], [1000, 1, 3000], [4000, 2, 500]], dtype=np.int64)
-    split = TokenSplit(tokens, docs, ["a", "b", "c"])
+    rows = [[0, 1000, 0, 1000, 0, 0], [1000, 4000, 1, 3000, 1, 1000], [4000, 4500, 2, 500, 2, 4000]]
+    split = TokenSplit(tokens, np.array(rows, dtype=np.int64), ["a", "b", "c"])
 
     def draw(weights, n=100):
         batches = Batches(split, 16, 64, seed=1, device=torch.device("cpu"), weights=weights)
