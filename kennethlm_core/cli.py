@@ -175,6 +175,12 @@ def parse_run_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder (default runs/<time>).")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
 @click.option("--force", is_flag=True, help="Replace the run already in --out.")
+@click.option(
+    "--allow-changes",
+    is_flag=True,
+    help="With --resume: continue even if the code or data changed since the run started "
+    "(recorded in provenance.json).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--nproc",
@@ -184,15 +190,16 @@ def parse_run_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
     help="Train in N processes with DDP (launches torchrun with these arguments).",
 )
 @click.pass_context
-def run(ctx, out, resume, force, quiet, nproc, **params):
+def run(ctx, out, resume, force, allow_changes, quiet, nproc, **params):
     """Train a model and write a run folder.
 
     \b
     config.json      everything needed to repeat the run
     metrics.jsonl    step, tokens, train_time_s, lr, train_loss, val_bpb per evaluation
+    provenance.json  the corpus, data pipeline, tokenizer and code (commit, plugins) it used
     model.safetensors, checkpoint.safetensors, tokenizer/, summary.json
     """
-    from kennethlm_core import distributed
+    from kennethlm_core import distributed, provenance
     from kennethlm_core.config import build_config, resolve
     from kennethlm_core.train import check_run_dir, preflight, resume_config
 
@@ -205,12 +212,17 @@ def run(ctx, out, resume, force, quiet, nproc, **params):
             raise KLMError("--resume continues an existing run; drop --out, --recipe and --force")
         out = resume
         cfg = resume_config(out, overrides, registry)
+    elif allow_changes:
+        raise KLMError("--allow-changes goes with --resume: a new run has nothing to change")
     else:
         cfg = resolve(build_config(recipe, overrides), registry)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: launch it
         distributed.check_batch(cfg.batch_size, nproc)
         preflight(cfg, registry)  # bad settings fail here, once, not in every process
-        if not resume:
+        if resume:
+            current = provenance.planned_provenance(cfg, registry)
+            provenance.check_resume(out, current, allow_changes)
+        else:
             out = out or _default_out()
             check_run_dir(out, cfg, force)
         sys.exit(distributed.launch(nproc, _launch_args(out)))
@@ -220,7 +232,14 @@ def run(ctx, out, resume, force, quiet, nproc, **params):
     quiet = quiet or not dist.is_main
     console = _console(stderr=True)
     summary = _train_with_progress(
-        cfg, out, registry, resume=bool(resume), force=force, quiet=quiet, console=console
+        cfg,
+        out,
+        registry,
+        resume=bool(resume),
+        force=force,
+        allow_changes=allow_changes,
+        quiet=quiet,
+        console=console,
     )
     if dist.is_main:
         _print_summary(summary, out)
@@ -255,7 +274,7 @@ def _default_out() -> Path:
     return out
 
 
-def _train_with_progress(cfg, out, registry, *, resume, force, quiet, console):
+def _train_with_progress(cfg, out, registry, *, resume, force, allow_changes, quiet, console):
     """Train with a live progress bar on a terminal, or a line per evaluation otherwise."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -274,7 +293,16 @@ def _train_with_progress(cfg, out, registry, *, resume, force, quiet, console):
 
     if quiet or not console.is_terminal:
         log = (lambda message: None) if quiet else console.print
-        return train(cfg, out, registry=registry, resume=resume, force=force, log=log, on_eval=line)
+        return train(
+            cfg,
+            out,
+            registry=registry,
+            resume=resume,
+            force=force,
+            allow_changes=allow_changes,
+            log=log,
+            on_eval=line,
+        )
 
     columns = [
         TextColumn("[bold]{task.description}"),
@@ -299,6 +327,7 @@ def _train_with_progress(cfg, out, registry, *, resume, force, quiet, console):
             registry=registry,
             resume=resume,
             force=force,
+            allow_changes=allow_changes,
             log=log,
             progress=progress,
             on_eval=line,
@@ -441,14 +470,33 @@ def sample(ctx, run_dir, prompt, max_new_tokens, temperature, top_k, num_samples
 @click.option(
     "--data",
     help="Local data instead of the tasks' hub sets: a file for one task, or a folder with "
-    "one subfolder per task (acceptability/, sentiment/, qa/, summarization/, knowledge/).",
+    "one subfolder per task (acceptability/, sentiment/, qa/, summarization/, knowledge/). "
+    "For --task bpb alone: any text (a file, folder, exported split or corpus name), all of "
+    "it scored.",
 )
-@click.option("--corpus", help="For bpb: score this corpus' validation split.")
+@click.option("--corpus", help="For bpb: score this corpus' --split instead of the run's.")
+@click.option(
+    "--split",
+    default="validation",
+    show_default=True,
+    help="For bpb: the split of the corpus to score (validation or test).",
+)
+@click.option(
+    "--stride",
+    type=int,
+    default=0,
+    help="For bpb: targets per window (default: the run's eval_stride, block_size / 2); "
+    "block_size gives the old non-overlapping windows.",
+)
 @click.option("--limit", type=int, help="Examples per task (for bpb: bytes of text).")
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
-def eval_(ctx, run_dir, tasks, data, corpus, limit, device):
-    """Evaluate a run on tasks; print a table and write eval.json in the run folder."""
+def eval_(ctx, run_dir, tasks, data, corpus, split, stride, limit, device):
+    """Evaluate a run on tasks; print a table and write eval.json in the run folder.
+
+    The test split is held back: score it for a record or a publication, never to choose
+    between settings (klm compare and the ledger use validation).
+    """
     from rich.table import Table
 
     from kennethlm_core.evaluate import run_tasks
@@ -466,6 +514,8 @@ def eval_(ctx, run_dir, tasks, data, corpus, limit, device):
         device=device,
         registry=registry,
         corpus=corpus,
+        split=split,
+        stride=stride,
         log=lambda message: err.print(f"[dim]{message}[/]"),
     )
     table = Table("task", "metric", "value", "95% CI", "chance", "n")
@@ -499,7 +549,8 @@ def data():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def data_stats(ctx, corpus, tokenizer, vocab_size, settings, as_json):
-    """Documents, bytes, tokens and bytes per token, per domain.
+    """Documents (and how many are in validation and test), bytes, tokens and bytes per
+    token, per domain.
 
     Prepares the data the way `klm run` does (training the tokenizer and filling the token
     cache the first time), so a later run with the same corpus and tokenizer starts at once.
@@ -522,13 +573,15 @@ def data_stats(ctx, corpus, tokenizer, vocab_size, settings, as_json):
     from rich.table import Table
 
     title = f"{cfg.corpus} · {cfg.tokenizer} ({prepared.tokenizer.vocab_size:,} tokens)"
-    table = Table("domain", title=title)
-    for column in ("documents", "bytes", "tokens", "bytes/token", "train share"):
+    table = Table(title=title)
+    table.add_column("domain", no_wrap=True)
+    for column in ("docs", "val/test", "bytes", "tokens", "bytes/token", "train share"):
         table.add_column(column, justify="right")
     for name, s in stats.items():
         table.add_row(
             f"[bold]{name}[/]" if name == "total" else name,
             f"{s['documents']:,}",
+            f"{s['validation_documents']:,}/{s['test_documents']:,}",
             f"{s['bytes']:,}",
             f"{s['tokens']:,}",
             f"{s['bytes_per_token']:.3f}",
@@ -536,6 +589,52 @@ def data_stats(ctx, corpus, tokenizer, vocab_size, settings, as_json):
             end_section=name == list(stats)[-2],
         )
     _console().print(table)
+
+
+@data.command("export")
+@click.option("--corpus", help="A corpus name (dagw, dynaword, sample) or a path.")
+@click.option("--split", required=True, help="The split to publish: test or validation.")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="The dataset folder to write."
+)
+@click.option("--force", is_flag=True, help="Replace an earlier export in --out.")
+@click.option(
+    "--push-to-hub", "repo", metavar="REPO", help="Then upload it as this hub dataset (user/name)."
+)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any setting.")
+@click.pass_context
+def data_export(ctx, corpus, split, out, force, repo, settings):
+    """Publish a split of a corpus as a Hugging Face dataset folder.
+
+    Writes the split's documents (id, text, domain, and source and license where the corpus
+    has them) as parquet files under OUT/data/, and a dataset card, OUT/README.md, that says
+    how the split is made. `datasets.load_dataset(OUT)` reads it back; `klm eval RUN --task
+    bpb --data OUT` scores it. The split is the one `klm run` uses, so set val_fraction and
+    test_fraction (--set) as the runs did. Only validation and test are published.
+    """
+    from kennethlm_core.config import build_config, parse_set, resolve
+    from kennethlm_core.publish import check_out, check_split, export, push_to_hub
+
+    check_split(split)  # before anything is read
+    check_out(out, force)
+    registry = _registry(ctx)
+    overrides = ({"corpus": corpus} if corpus else {}) | parse_set(settings)
+    cfg = resolve(build_config(overrides=overrides), registry)
+
+    def note(message: str) -> None:
+        click.echo(message, err=True)
+
+    done = export(cfg, registry, split, out, force=force, repo=repo or "", log=note)
+    click.echo(
+        f"wrote the {split} split of {cfg.corpus} to {out}: {done.documents:,} documents, "
+        f"{done.bytes:,} bytes in {', '.join(done.files)}"
+    )
+    if done.unknown_licences:
+        named = [s for s in done.unknown_licences if s]
+        what = f"source {', '.join(named)}" if named else "this text (the rows name no source)"
+        note(f"note: the licence of {what} is unknown to klm; see the card")
+    if repo:
+        click.echo(f"pushed to {push_to_hub(out, repo, split)}")
 
 
 # -- klm new-plugin --------------------------------------------------------------------------
@@ -647,9 +746,27 @@ def _arm(option: str, text: str):
     type=click.Path(path_type=Path),
     help="Experiment folder (default experiments/<baseline>-vs-<candidate>-...).",
 )
-@click.option("--force", is_flag=True, help="Replace runs made with another configuration.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace runs made with another configuration, or with other code or data.",
+)
+@click.option(
+    "--allow-changes",
+    is_flag=True,
+    help="Reuse or resume runs whose code or data changed since they ran (recorded in "
+    "summary.json).",
+)
 @click.option("--record", is_flag=True, help="Append the result to registry.toml's ledger.")
 @click.option("--promote", is_flag=True, help="If better: make the candidate the record recipe.")
+@click.option(
+    "--secondary-data",
+    metavar="PATH|none",
+    help="Data of the second, non-deciding metric that --record scores on every run "
+    "(summarization: bpb of the reference and chrF++), as klm eval --data: a folder like "
+    "../shared/data/eval, or the task's own file or folder. Default: the task's own data (its "
+    "hub set); 'none': record without it. Checked before training.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only the result table.")
 @click.pass_context
 def compare(
@@ -666,8 +783,10 @@ def compare(
     jobs,
     out,
     force,
+    allow_changes,
     record,
     promote,
+    secondary_data,
     quiet,
     **params,
 ):
@@ -679,7 +798,7 @@ def compare(
     --time) defaults to the standard comparison budget, --steps {steps}. --seed is the first
     of the seeds (default 1).
     Runs go to the experiment folder; running the same comparison again reuses finished runs
-    and resumes interrupted ones.
+    and resumes interrupted ones, unless their code or data changed (--allow-changes, --force).
 
     \b
     klm compare --candidate "--posemb none"                     vs the record recipe
@@ -718,6 +837,9 @@ def compare(
         say("note: a --time budget makes the verdict depend on this machine's speed and load")
     if promote and (comp.baseline.recipe != "record" or comp.baseline.overrides):
         raise KLMError("--promote needs --baseline record: a new record must beat the old one")
+    secondary = None
+    if secondary_data != "none" and (record or promote or secondary_data):
+        secondary = experiment.SecondaryMetric(data=secondary_data)
     folder = out or experiment.default_folder(comp)
     say(f"experiment folder: {folder}")
     summary = experiment.run_comparison(
@@ -726,10 +848,18 @@ def compare(
         registry=registry,
         jobs=jobs,
         force=force,
+        allow_changes=allow_changes,
         disabled=_disabled(ctx),
         say=say,
+        secondary=secondary,
     )
     _print_comparison(summary)
+    if summary.get("secondary"):
+        from kennethlm_core.registry import secondary_cell, secondary_entry
+
+        sec = summary["secondary"]
+        cell = secondary_cell({sec["task"]: secondary_entry(sec)}, sec["task"])
+        click.echo(f"{sec['task']} (not deciding, {sec['n']} examples a run): {cell}")
     click.echo(f"written to {folder / 'summary.json'} and {folder / 'trajectories.png'}")
     if record or promote:
         _record(summary, promote)
@@ -775,27 +905,28 @@ def _print_comparison(s: dict[str, Any]) -> None:
 
 def _record(summary: dict[str, Any], promote: bool) -> None:
     from kennethlm_core.config import registry_path
-    from kennethlm_core.registry import append_experiment, ledger_entry
+    from kennethlm_core.registry import append_experiment, ledger_entry, ledger_lock
     from kennethlm_core.registry import promote as promote_entry
 
     path = registry_path()
     entry = ledger_entry(summary)
-    if append_experiment(entry, path):
-        click.echo(f"recorded in {path} ({summary['verdict']})")
-    else:
-        click.echo(f"{path} has this result already; not recorded again")
-    if promote and summary["verdict"] != "better":
-        print(
-            f"klm: not promoted: the verdict is {summary['verdict']}; only a better candidate "
-            "becomes the record",
-            file=sys.stderr,
-        )
-    elif promote:
-        run = Path(summary["arms"]["candidate"]["runs"][0])
-        config = json.loads((run / "config.json").read_text())
-        promote_entry(entry, config, path)
-        click.echo(f"promoted: {summary['candidate']} is part of the record recipe now")
-    _render_readme(path)
+    with ledger_lock(path):  # the append, the promotion and the render as one step
+        if append_experiment(entry, path):
+            click.echo(f"recorded in {path} ({summary['verdict']})")
+        else:
+            click.echo(f"{path} has this result already; not recorded again")
+        if promote and summary["verdict"] != "better":
+            print(
+                f"klm: not promoted: the verdict is {summary['verdict']}; only a better "
+                "candidate becomes the record",
+                file=sys.stderr,
+            )
+        elif promote:
+            run = Path(summary["arms"]["candidate"]["runs"][0])
+            config = json.loads((run / "config.json").read_text())
+            promote_entry(entry, config, path)
+            click.echo(f"promoted: {summary['candidate']} is part of the record recipe now")
+        _render_readme(path)
 
 
 def _render_readme(path: Path) -> None:
@@ -958,6 +1089,33 @@ def registry_render(readme, check):
         return
     changed = render_readme_file(readme, path)
     click.echo(f"{'updated' if changed else 'already up to date:'} {readme}")
+
+
+@registry.command("reset-record")
+@click.option(
+    "--keep-as",
+    default="record-v1",
+    show_default=True,
+    help="The recipe that keeps the record so far (the speedrun's).",
+)
+def registry_reset_record(keep_as):
+    """Restart the record chain on the current ledger schema, from the baseline recipe.
+
+    The record so far (measured on the old split and metric) is kept as the recipe --keep-as;
+    [recipes.record] becomes the baseline recipe's settings, and later promotions build the
+    new chain r0, r1, ... from the comparisons of the current schema. Run it once, before the
+    first comparison against the record on the current schema.
+    """
+    from kennethlm_core.config import registry_path
+    from kennethlm_core.registry import LEDGER_SCHEMA, reset_record
+
+    path = registry_path()
+    kept = reset_record(path, keep_as)
+    click.echo(f"kept the record as [recipes.{keep_as}] ({kept['description'].split(':')[0]})")
+    click.echo(
+        f"[recipes.record] is the baseline recipe again; the schema-{LEDGER_SCHEMA} chain "
+        f"starts there (written to {path})"
+    )
 
 
 # -- entry point -----------------------------------------------------------------------------

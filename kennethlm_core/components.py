@@ -40,9 +40,15 @@ class PositionalEmbedding(nn.Module):
 
 @dataclass(frozen=True)
 class Document:
+    """One document of a corpus. ``source`` names where it comes from (a file's ``source``
+    column, a hub corpus' config) and ``license`` its licence as the rows state it; both are
+    "" when unknown, and only ``klm data export`` reads them."""
+
     id: str
     text: str
     domain: str = "default"
+    source: str = ""
+    license: str = ""
 
 
 class Corpus:

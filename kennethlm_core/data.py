@@ -250,15 +250,16 @@ class TokenSplit:
     def n_documents(self) -> int:
         return len(np.unique(self.rows[:, DOC]))
 
-    def head(self, max_bytes: int) -> TokenSplit:
-        """The first chunks holding at least ``max_bytes`` bytes (or all of them), and never
-        fewer than the leading chunks of distinct domains (in slice order: one per domain, so
-        that every slice scores every domain). The tokens stay whole: a chunk's context is its
-        document's text before it."""
+    def head(self, max_bytes: int, every_domain: bool = True) -> TokenSplit:
+        """The first chunks holding at least ``max_bytes`` bytes (or all of them). With
+        ``every_domain``, never fewer than the leading chunks of distinct domains: in slice
+        order, one per domain, so that every slice of a split scores every domain. The tokens
+        stay whole: a chunk's context is its document's text before it."""
         k = int(np.searchsorted(np.cumsum(self.rows[:, BYTES]), max_bytes)) + 1
-        domains = self.rows[:, DOMAIN].tolist()
-        distinct = next((i for i in range(1, len(domains)) if domains[i] in domains[:i]), None)
-        k = max(k, distinct or len(domains))
+        if every_domain:
+            domains = self.rows[:, DOMAIN].tolist()
+            repeat = (i for i in range(1, len(domains)) if domains[i] in domains[:i])
+            k = max(k, next(repeat, len(domains)))
         return TokenSplit(self.tokens, self.rows[: min(k, len(self.rows))], self.domains)
 
     def domain_tokens(self) -> np.ndarray:

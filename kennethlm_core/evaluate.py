@@ -519,7 +519,7 @@ class BPBTask:
             what = f"of the {self.split} split of {cfg.corpus}"
         if text.n_bytes == 0:
             raise DataError(f"{data or cfg.corpus}: no text to score")
-        part = text.head(limit) if limit else text
+        part = text.head(limit, every_domain=data is None) if limit else text
         res = bits_per_byte(
             lm.model,
             part,
@@ -611,7 +611,8 @@ def run_tasks(
             keys["bpb"] += f"/stride-{stride}"
     results, path = {}, Path(run_dir) / "eval.json"
     for name, task in tasks.items():
-        log(f"{keys[name]} ...")
+        if len(tasks) > 1:  # with one task, an error is the only line on stderr
+            log(f"{keys[name]} ...")
         t0 = time.perf_counter()
         res = task.evaluate(lm, data=paths[name], limit=limit).to_json()
         res["seconds"] = round(time.perf_counter() - t0, 2)

@@ -20,7 +20,11 @@ An experiment folder::
     summary.json           per-seed values, mean and std per arm, delta with CI, p, verdict
     trajectories.png       val_bpb against tokens and against time (plots.py)
 
-Running the same comparison again reuses finished runs and resumes interrupted ones.
+Running the same comparison again reuses finished runs and resumes interrupted ones, if their
+code and data (provenance.json, see provenance.py) are what the comparison would run now; a
+run whose code or data changed is refused, unless ``allow_changes`` (recorded in summary.json
+under ``provenance_overrides``, and for a resumed run in its provenance.json) or ``force``
+(trained again).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, build_config, resolve, same_config
-from kennethlm_core.errors import ConfigError, KLMError
+from kennethlm_core.errors import ConfigError, DataError, KLMError
 
 ARMS = ("baseline", "candidate")
 ALPHA = 0.01
@@ -254,6 +258,8 @@ class Job:
     mode: str = "new"  # new | resume | restart (same configuration, start again) | done
     init_from: Path | None = None
     snapshot_at: int | None = None
+    allow_changes: bool = False  # resume even if the code or data changed (train records it)
+    changes: list[str] = field(default_factory=list)  # what changed, when allowed
 
     @property
     def label(self) -> str:
@@ -267,13 +273,47 @@ class Job:
                 "mode": self.mode,
                 "init_from": str(self.init_from) if self.init_from else None,
                 "snapshot_at": self.snapshot_at,
+                "allow_changes": self.allow_changes,
                 "disabled": list(disabled),
             }
         )
 
 
-def run_state(job: Job, init_step: int | None, force: bool) -> str:
-    """done, resume, restart or new, from what the run folder holds."""
+def run_state(
+    job: Job,
+    init_step: int | None,
+    force: bool,
+    *,
+    current: dict[str, Any] | None = None,
+    allow_changes: bool = False,
+) -> str:
+    """done, resume, restart or new, from what the run folder holds.
+
+    With ``current`` (provenance.planned_provenance of the job's configuration), a run to reuse
+    or resume must have been made with that code and data: otherwise it is refused, unless
+    ``allow_changes`` (``job.changes`` says what changed) or ``force`` (trained again).
+    """
+    mode = _folder_state(job, init_step, force)
+    if current is None or mode not in ("done", "resume"):
+        return mode
+    from kennethlm_core import provenance
+
+    changes, clause = provenance.changes_since(job.out, current)
+    if not changes:
+        return mode
+    if allow_changes:
+        job.changes = changes
+        return mode
+    if force:
+        return "restart"
+    what = "reuse" if mode == "done" else "resume"
+    raise ConfigError(
+        f"cannot {what} {job.out} ({job.label}): {clause}; pass --allow-changes to {what} "
+        "it anyway (recorded in summary.json), --force to train it again, or another --out"
+    )
+
+
+def _folder_state(job: Job, init_step: int | None, force: bool) -> str:
     from kennethlm_core.checkpoint import CHECKPOINT
     from kennethlm_core.train import snapshot_path
 
@@ -296,11 +336,26 @@ def run_state(job: Job, init_step: int | None, force: bool) -> str:
 
 
 def plan_jobs(
-    comp: Comparison, cfgs: dict[str, RunConfig], folder: Path, *, force: bool, threads: int
+    comp: Comparison,
+    cfgs: dict[str, RunConfig],
+    folder: Path,
+    *,
+    force: bool,
+    threads: int,
+    registry: Any = None,
+    allow_changes: bool = False,
 ) -> list[list[Job]]:
-    """The runs in phases: a branching candidate waits for its baseline's snapshot."""
+    """The runs in phases: a branching candidate waits for its baseline's snapshot.
+
+    A run to reuse or resume is checked against the code and data this comparison would run
+    now (run_state)."""
     from kennethlm_core.checkpoint import read_checkpoint
+    from kennethlm_core.plugins import get_registry
+    from kennethlm_core.provenance import planned_provenance
     from kennethlm_core.train import branch_source, snapshot_path
+
+    registry = registry or get_registry()
+    planned: dict[str, dict[str, Any]] = {}  # per arm: only what the seed does not change
 
     branch_step = None
     if comp.branch_at is not None:
@@ -321,7 +376,7 @@ def plan_jobs(
     for seed in comp.seeds:
         for arm in ARMS:
             cfg = cfgs[arm].replace(seed=seed, **({"threads": threads} if threads else {}))
-            job = Job(arm, seed, cfg, folder / arm / f"seed-{seed}")
+            job = Job(arm, seed, cfg, folder / arm / f"seed-{seed}", allow_changes=allow_changes)
             start = init_step
             if comp.init_from is not None:
                 job.init_from = Path(comp.init_from)
@@ -330,7 +385,10 @@ def plan_jobs(
             elif branch_step:
                 job.init_from = snapshot_path(folder / "baseline" / f"seed-{seed}", branch_step)
                 start = branch_step
-            job.mode = run_state(job, start, force)
+            if arm not in planned and (job.out / "config.json").exists():
+                planned[arm] = planned_provenance(cfg, registry)
+            current = planned.get(arm)
+            job.mode = run_state(job, start, force, current=current, allow_changes=allow_changes)
             phases[1 if branch_step and arm == "candidate" else 0].append(job)
     return phases
 
@@ -345,6 +403,7 @@ def execute(job: Job, registry: Any) -> dict[str, Any]:
         registry=registry,
         resume=job.mode == "resume",
         force=job.mode == "restart",
+        allow_changes=job.allow_changes,
         init_from=None if job.mode == "resume" else job.init_from,
         snapshot_at=job.snapshot_at,
     )
@@ -426,6 +485,7 @@ def _worker(argv: list[str]) -> int:
         cfg = resolve(RunConfig.from_dict(spec["config"]), registry)
         init = Path(spec["init_from"]) if spec["init_from"] else None
         job = Job("", 0, cfg, Path(spec["out"]), spec["mode"], init, spec["snapshot_at"])
+        job.allow_changes = bool(spec.get("allow_changes"))
         summary = execute(job, registry)
     except Interrupted as e:
         print(f"klm: stopped: {e}", file=sys.stderr)
@@ -477,6 +537,144 @@ def metric_values(
     return values, higher
 
 
+# -- the secondary metric and the machine's load ---------------------------------------------
+
+# klm compare --record also scores every run of both arms on this task and records its
+# metrics beside the verdict, which they never decide: bits per byte of the reference summary
+# (the number that moves for small models) and chrF++ of greedy summaries.
+SECONDARY_TASK = "summarization"
+SECONDARY_METRICS = ("bpb", "chrf++")
+# Articles per run: the task's own default, as `klm eval --task summarization` scores. On two
+# busy CPU cores a ~1M-parameter run takes 0.3 s when its summaries end at a line break, 5 s
+# when all 20 run to the 128-token cap: at most about 25 s for five seeds of an arm.
+SECONDARY_LIMIT = 20
+
+
+@dataclass
+class SecondaryMetric:
+    """A task scored on every run of both arms and recorded beside the verdict."""
+
+    task: str = SECONDARY_TASK
+    data: str | None = None  # as klm eval --data; None: the task's own data (its hub set)
+    limit: int = SECONDARY_LIMIT
+    metrics: tuple[str, ...] = SECONDARY_METRICS
+
+    @property
+    def key(self) -> str:
+        """Its results' key in a run's eval.json, apart from ``klm eval``'s own."""
+        return f"{self.task} (secondary)"
+
+    def source(self) -> dict[str, Any]:
+        """What its results depend on besides the run: a cached result must match."""
+        return {"data": str(Path(self.data).resolve()) if self.data else None, "limit": self.limit}
+
+
+def check_secondary(sec: SecondaryMetric, cfg: RunConfig, registry: Any) -> int:
+    """Fail before training when the secondary metric cannot run: a dry run of the task on a
+    fixture model (fixtures.ScriptedModel, no training needed), which loads the task's data
+    (the local path, or its hub set) and scores it. Returns the examples scored per run."""
+    from kennethlm_core.evaluate import task_data
+    from kennethlm_core.fixtures import ScriptedModel
+
+    try:
+        task = registry.get("task", sec.task).factory(cfg)
+        data = task_data(task, sec.data, several=False)
+        result = task.evaluate(ScriptedModel(block_size=cfg.block_size), data=data, limit=sec.limit)
+    except KLMError as e:
+        message = " ".join(str(e).split()).replace("--data ", "--secondary-data ")
+        raise DataError(
+            f"the secondary metric ({sec.task}) cannot be scored: {message}; or give "
+            "--secondary-data none to record without it"
+        ) from None
+    missing = [m for m in sec.metrics if m not in result.metrics]
+    if missing:
+        raise ConfigError(
+            f"task '{sec.task}' reports {', '.join(result.metrics)}, not {', '.join(missing)}"
+        )
+    return result.n
+
+
+def secondary_result(
+    sec: SecondaryMetric, run: Path, registry: Any, say: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """The task's result on one run: from the run's eval.json when it was scored there on the
+    same data and limit, else scored now (evaluate.run_tasks) and kept there under ``sec.key``
+    (the task's own key stays as ``klm eval`` left it)."""
+    from kennethlm_core.checkpoint import atomic_write_json
+    from kennethlm_core.evaluate import run_tasks
+
+    path = run / "eval.json"
+    before = json.loads(path.read_text()) if path.exists() else {}
+    cached = before.get(sec.key)
+    if cached and cached.get("source") == sec.source():
+        return cached
+    say(f"{run}: scoring {sec.task} (secondary metric, {sec.limit} examples)")
+    result = run_tasks(run, [sec.task], data=sec.data, limit=sec.limit, registry=registry)
+    result = {**result[sec.task], "source": sec.source()}
+    after = json.loads(path.read_text())
+    if sec.task in before:
+        after[sec.task] = before[sec.task]
+    else:
+        after.pop(sec.task, None)
+    atomic_write_json(path, {**after, sec.key: result})
+    return result
+
+
+def secondary_values(
+    sec: SecondaryMetric,
+    runs: dict[str, list[Path]],
+    registry: Any,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """summary.json's ``secondary``: per metric the value of every run of each arm.
+
+    Scored on one torch thread: greedy generation from a small model is a long row of tiny
+    forward passes, which two threads on a busy machine make 10 to 30 times slower (measured:
+    a ~1M-parameter run's 20 summaries of 128 tokens took 5 s on one thread, 124-160 s on two
+    at a load of 5 on two cores)."""
+    import torch
+
+    metrics: dict[str, dict[str, Any]] = {m: {arm: [] for arm in ARMS} for m in sec.metrics}
+    ns = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for arm in ARMS:
+            for run in runs[arm]:
+                result = secondary_result(sec, Path(run), registry, say)
+                ns.append(int(result["n"]))
+                for m in sec.metrics:
+                    metrics[m][arm].append(float(result["metrics"][m]["value"]))
+                    metrics[m]["higher_is_better"] = bool(
+                        result["metrics"][m].get("higher_is_better", True)
+                    )
+    finally:
+        torch.set_num_threads(threads)
+    return {"task": sec.task, **sec.source(), "n": min(ns), "metrics": metrics}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the system has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_at_start(now: list[float] | None, phases: list[list[Any]], folder: Path):
+    """The load average when this comparison's runs started: now, unless every run was
+    reused, in which case the previous summary.json's figure (when it has one) still is."""
+    previous = folder / "summary.json"
+    if all(j.mode == "done" for phase in phases for j in phase) and previous.exists():
+        try:
+            old = json.loads(previous.read_text()).get("load_avg_start")
+        except (OSError, ValueError):
+            old = None
+        if old:
+            return old
+    return now
+
+
 # -- a whole comparison ----------------------------------------------------------------------
 
 
@@ -487,20 +685,42 @@ def run_comparison(
     registry: Any,
     jobs: int = 1,
     force: bool = False,
+    allow_changes: bool = False,
     disabled: list[str] | None = None,
     say: Callable[[str], None] = lambda msg: None,
+    secondary: SecondaryMetric | None = None,
 ) -> dict[str, Any]:
-    """Train (or reuse) every run, score the metric, write summary.json and the plot."""
+    """Train (or reuse) every run, score the metric, write summary.json and the plot.
+
+    summary.json keeps the load average at the start (``load_avg_start``, see load_at_start).
+    ``secondary``: also score every run on that task (checked before training), recorded in
+    summary.json under ``secondary`` (see secondary_values); it does not decide the verdict.
+
+    ``allow_changes``: reuse or resume runs whose code or data changed (see run_state)."""
     from kennethlm_core.checkpoint import atomic_write_json
     from kennethlm_core.data import prepare_data
     from kennethlm_core.plots import plot_paths
-    from kennethlm_core.train import Interrupted, git_commit
+    from kennethlm_core.provenance import git_commit, sentence
+    from kennethlm_core.train import Interrupted
 
+    load_now = load_average()
     check_metric(comp.metric, registry)
     cfgs = arm_configs(comp, registry)
+    if secondary is not None:
+        check_secondary(secondary, cfgs["baseline"], registry)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, (cores or 1) // jobs) if jobs > 1 else 0
-    phases = plan_jobs(comp, cfgs, folder, force=force, threads=threads)
+    phases = plan_jobs(
+        comp,
+        cfgs,
+        folder,
+        force=force,
+        threads=threads,
+        registry=registry,
+        allow_changes=allow_changes,
+    )
+    for job in (j for phase in phases for j in phase if j.changes):
+        say(f"{job.label}: {sentence(job.changes)}; used anyway (--allow-changes)")
     if any(j.mode != "done" for phase in phases for j in phase):
         for cfg in {(c.corpus, c.tokenizer): c for c in cfgs.values()}.values():
             prepare_data(cfg, registry, log=say)  # once, before parallel runs need it
@@ -555,8 +775,22 @@ def run_comparison(
         "branch_at": comp.branch_at,
         "init_from": str(comp.init_from) if comp.init_from else None,
         "arms": arms,
+        "provenance_overrides": [
+            {
+                "run": str(j.out),
+                "use": "reused" if j.mode == "done" else "resumed",
+                "changed": j.changes,
+            }
+            for phase in phases
+            for j in phase
+            if j.changes
+        ],
         **result,
     }
+    summary["load_avg_start"] = load_at_start(load_now, phases, folder)
+    if secondary is not None:
+        runs = {arm: [j.out for j in by_arm[arm]] for arm in ARMS}
+        summary["secondary"] = secondary_values(secondary, runs, registry, say)
     atomic_write_json(folder / "summary.json", summary)
     plot_paths([folder], folder / "trajectories.png")
     return summary

@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from kennethlm_core import provenance
 from kennethlm_core.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
@@ -42,8 +42,17 @@ from kennethlm_core.distributed import check_batch, threads_per_process
 from kennethlm_core.errors import CheckpointError, ConfigError, KLMError
 from kennethlm_core.evaluate import bits_per_byte
 from kennethlm_core.model import build_model, count_params
+from kennethlm_core.provenance import git_commit
 
-RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINT, WEIGHTS, "summary.json", "tokenizer")
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    CHECKPOINT,
+    WEIGHTS,
+    "summary.json",
+    "tokenizer",
+    provenance.FILE,
+)
 
 
 class Interrupted(KLMError):
@@ -99,28 +108,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=root,
-            text=True,
-            capture_output=True,
-            timeout=5,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            text=True,
-            capture_output=True,
-            timeout=5,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return sha + ("-dirty" if sha and dirty.strip() else "")
 
 
 # -- run folders -----------------------------------------------------------------------------
@@ -280,6 +267,7 @@ def train(
     registry: Any = None,
     resume: bool = False,
     force: bool = False,
+    allow_changes: bool = False,
     init_from: str | Path | None = None,
     snapshot_at: int | None = None,
     log: Callable[[str], None] = lambda msg: None,
@@ -293,6 +281,9 @@ def train(
     a copy of the checkpoint taken at that step (``snapshot_path``): a branch point for other
     runs. ``progress`` receives ``progress(clock, fraction, train_loss, val_bpb,
     tokens_per_s)`` every few steps; ``on_eval`` receives each row written to metrics.jsonl.
+
+    The run's code and data go to provenance.json (provenance.py). A resumed run whose code or
+    data changed since it started is refused, unless ``allow_changes``, which is recorded there.
     """
     from kennethlm_core import distributed
     from kennethlm_core.plugins import get_registry
@@ -323,13 +314,18 @@ def train(
     if resume or source:  # the weights belong to this tokenizer
         tokenizer = registry.get("tokenizer", cfg.tokenizer).factory(cfg)
         tokenizer.load((source.parent if source else out) / "tokenizer")
+    if resume:  # changed code or corpus: refuse before reading any data
+        provenance.check_resume(out, provenance.planned_provenance(cfg, registry), allow_changes)
     with dist.main_first():  # rank 0 fills the token cache, the others then read it
         data = prepare_data(cfg, registry, tokenizer=tokenizer, log=log)
     tokenizer = data.tokenizer
     mix = mix_weights(cfg.mix, data.train, cfg.block_size)
     cfg = cfg.replace(mix=format_mix(mix))  # config.json records the weights used
+    origin = provenance.run_provenance(cfg, registry, data.meta)  # the code and data used
+    changes = provenance.check_resume(out, origin, allow_changes) if resume else []
     if not resume and dist.is_main:
         init_run_dir(out, cfg)
+        provenance.save(out, origin)
         tokenizer.save(out / "tokenizer")
     dist.barrier()  # the run folder exists before any rank reads from it
     val_slice = data.val.head(cfg.eval_bytes)
@@ -358,6 +354,9 @@ def train(
         init_info = meta.get("init_from")
         if dist.is_main:
             _truncate_metrics(metrics_path, clock.step)
+            origin = provenance.resumed(out, origin, changes, clock.step)  # records overrides
+        if changes:
+            log(f"continuing although {provenance.sentence(changes)} (--allow-changes)")
         log(f"resuming {out} at step {clock.step}")
     elif source:
         clock, rng = start_from(source, cfg, model, optimizer, metrics_path, log, dist.is_main)
@@ -373,7 +372,13 @@ def train(
 
     def evaluate() -> float:
         return bits_per_byte(
-            model, val_slice, cfg.block_size, tokenizer.doc_id, device, autocast=autocast
+            model,
+            val_slice,
+            cfg.block_size,
+            tokenizer.doc_id,
+            device,
+            autocast=autocast,
+            stride=cfg.eval_stride,
         ).bpb
 
     def checkpoint(path: Path = out / CHECKPOINT) -> None:
@@ -479,13 +484,20 @@ def train(
     log("scoring the validation split")
     final_slice = data.val.head(cfg.final_eval_bytes)
     final = bits_per_byte(
-        model, final_slice, cfg.block_size, tokenizer.doc_id, device, autocast=autocast
+        model,
+        final_slice,
+        cfg.block_size,
+        tokenizer.doc_id,
+        device,
+        autocast=autocast,
+        stride=cfg.eval_stride,
     )
     summary = {
         "val_bpb": final.bpb,
         "val_bpb_ci": final.ci(),
         "val_bpb_by_domain": final.by_domain,
         "val_bytes": final_slice.n_bytes,
+        "val_documents": len(final.doc_bytes),
         "params": count_params(model),
         "steps": clock.step,
         "tokens_seen": clock.tokens,
@@ -498,6 +510,7 @@ def train(
         "vocab_size": tokenizer.vocab_size,
         "train_tokens": len(data.train.tokens),
         "init_from": init_info,
+        "provenance": origin,
     }
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -80,6 +80,40 @@ def test_eval_bpb_matches_the_summary_and_writes_eval_json(run_dir, klm):
     assert "bpb/legal" in out
 
 
+def test_eval_bpb_scores_the_test_split_apart(run_dir, klm):
+    code, out, err = klm("eval", run_dir, "--task", "bpb", "--split", "test")
+    assert code == 0, err
+    saved = json.loads((run_dir / "eval.json").read_text())
+    test, val = saved["bpb/test"], saved["bpb"]  # the validation result is kept as it was
+    assert "test split" in test["notes"] and test["n"] >= 5  # a document of every domain
+    assert test["metrics"]["bpb"]["value"] != val["metrics"]["bpb"]["value"]
+
+
+def test_eval_bpb_data_scores_all_of_the_text(run_dir, klm, tmp_path):
+    texts = [f"Dokument nummer {i}: æbler, pærer og blommer. " * (40 + 30 * i) for i in range(6)]
+    rows = [{"id": str(i), "text": t, "domain": "ab"[i % 2]} for i, t in enumerate(texts)]
+    path = tmp_path / "text.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    code, out, err = klm("eval", run_dir, "--task", "bpb", "--data", path)
+    assert code == 0, err
+    result = json.loads((run_dir / "eval.json").read_text())[f"bpb@{path}"]
+    total = sum(len(t.encode()) for t in texts)  # every byte, not a validation sample
+    assert result["notes"].startswith(f"{total:,} bytes of all the text") and result["n"] == 6
+    assert set(result["metrics"]) == {"bpb", "bpb/a", "bpb/b"}
+    code, out, err = klm("eval", run_dir, "--task", "bpb", "--data", path, "--limit", "100")
+    first = len(texts[0].encode())  # the first chunk that holds 100 bytes: the first document
+    assert code == 0 and f"{first:,} bytes of all the text" in out.replace("\n", " ")
+
+
+def test_eval_bpb_refuses_an_unknown_split_and_empty_text(run_dir, klm, tmp_path):
+    code, out, err = klm("eval", run_dir, "--task", "bpb", "--split", "train")
+    assert_one_line_error(code, err, "unknown split 'train'")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"text": ""}) + "\n")
+    code, out, err = klm("eval", run_dir, "--task", "bpb", "--data", empty)
+    assert_one_line_error(code, err, "no text")
+
+
 def test_eval_all_tasks_on_one_data_folder(run_dir, klm):
     code, out, err = klm("eval", run_dir, "--task", "all", "--data", EVAL_DATA, "--limit", "4")
     assert code == 0, err

@@ -23,7 +23,7 @@ from kennethlm_core.experiment import (
     paired_test,
 )
 
-from .conftest import REPO, assert_one_line_error
+from .conftest import REPO, SHARED_DATA, assert_one_line_error
 
 # -- statistics ------------------------------------------------------------------------------
 
@@ -231,7 +231,8 @@ def test_compare_trains_both_arms_reuses_finished_runs_and_records(tmp_path, klm
     recorded = len(tomllib.loads((ledger / "registry.toml").read_text()).get("experiments", []))
     mtimes = {r: (r / "model.safetensors").stat().st_mtime_ns for rs in runs.values() for r in rs}
     (runs["candidate"][1] / "summary.json").unlink()
-    code, out, err = compare(klm, folder, "--record")
+    secondary = ("--secondary-data", SHARED_DATA / "eval")  # the summarization task, locally
+    code, out, err = compare(klm, folder, "--record", *secondary)
     assert code == 0, err
     assert err.count("finished before, reused") == 3 and "candidate seed 2: resuming" in err
     for run, mtime in mtimes.items():
@@ -247,7 +248,9 @@ def test_compare_trains_both_arms_reuses_finished_runs_and_records(tmp_path, klm
     assert entry["candidate_settings"] == {"lr": 3e-3} and entry["budget"] == {"steps": 10}
     assert entry["baseline_values"] == pytest.approx(values["baseline"], rel=1e-5)
     assert "--set lr=3e-3" in (ledger / "README.md").read_text()
-    code, out, err = compare(klm, folder, "--record")
+    assert entry["schema"] == 2 and entry["summarization"]["n"] == 20  # the secondary metric
+    assert "load_avg_start" not in entry and len(again["load_avg_start"]) == 3  # not a time budget
+    code, out, err = compare(klm, folder, "--record", *secondary)
     assert code == 0 and "has this result already" in out
     assert len(tomllib.loads((ledger / "registry.toml").read_text())["experiments"]) == recorded + 1
 
@@ -289,6 +292,7 @@ def test_promote_after_a_verdict_that_is_not_better_is_refused(tmp_path, klm, le
     code, out, err = klm(
         "compare", "--candidate", "--set lr=3e-3", "--seeds", "2", "--steps", "2",
         *TINY, "--out", tmp_path / "p", "--promote", "--min-effect", "100",
+        "--secondary-data", "none",
     )  # fmt: skip
     assert code == 0, err
     assert "klm: not promoted: the verdict is" in err

@@ -2,7 +2,8 @@
 
 A local corpus is a file, a folder (searched recursively) or a glob of .jsonl, .jsonl.gz,
 .json, .parquet or .txt files. Tables need a ``text`` column; ``domain`` and ``id`` are
-optional (missing domain: every document is in domain "default"). A .txt file is one document;
+optional (missing domain: every document is in domain "default"), and so are ``source`` and
+``license`` (or ``licence``), which only ``klm data export`` reads. A .txt file is one document;
 bytes that are not UTF-8 are replaced by U+FFFD and the count is reported.
 """
 
@@ -116,17 +117,36 @@ class PathCorpus(Corpus):
                 f"{path}: no 'text' column (columns: {', '.join(ds.column_names) or 'none'}); "
                 "a corpus table needs 'text', and may have 'domain' and 'id'"
             )
-        columns = [c for c in ("id", "text", "domain") if c in ds.column_names]
+        wanted = ("id", "text", "domain", "source", *LICENSE_COLUMNS)
+        columns = [c for c in wanted if c in ds.column_names]
+        licence = next((c for c in LICENSE_COLUMNS if c in columns), None)
         row = 0
         for batch in _utf8_rows(ds.select_columns(columns).iter(batch_size=1000), path):
             n = len(batch["text"])
             ids = batch.get("id") or [None] * n
             domains = batch.get("domain") or [None] * n
-            for i, text, domain in zip(ids, batch["text"], domains, strict=True):
+            sources = batch.get("source") or [None] * n
+            licences = batch.get(licence) or [None] * n
+            for i, text, domain, source, lic in zip(
+                ids, batch["text"], domains, sources, licences, strict=True
+            ):
                 if text:
-                    doc_id = str(i) if i is not None else f"{path.name}:{row}"
-                    yield Document(id=doc_id, text=text, domain=str(domain or "default"))
+                    yield Document(
+                        id=str(i) if i is not None else f"{path.name}:{row}",
+                        text=text,
+                        domain=str(domain or "default"),
+                        source=_label(source),
+                        license=_label(lic),
+                    )
                 row += 1
+
+
+LICENSE_COLUMNS = ("license", "licence")
+
+
+def _label(value) -> str:
+    """A source or licence cell as text ("" for a missing one)."""
+    return "" if value is None else str(value).strip()
 
 
 def _utf8_rows(batches: Iterator[dict], path: Path) -> Iterator[dict]:
@@ -146,10 +166,14 @@ class HubCorpus(Corpus):
     """A Hugging Face hub dataset with one config per source, read through ``datasets``.
 
     The first pass streams each source (at most ``max_bytes`` of text from each, 0: all) into
-    a local snapshot, parquet files of ``id, text, domain`` under ``$KLM_CACHE/hub/``; every
-    later pass and run reads the snapshot. A document's domain is the row's own label
-    (a ``domain`` column, or ``metadata.domain``), else ``domains[source]``, else the source's
-    name; labels are lower-cased ("Wiki & Books" is "books", "Social Media" is "social").
+    a local snapshot, parquet files of ``id, text, domain, source, license`` under
+    ``$KLM_CACHE/hub/``, one per source; every later pass and run reads the snapshot. (A
+    snapshot written before ``source`` and ``license`` were kept has only the first three: its
+    documents take their source from the file's name and have no licence.) A document's
+    domain is the row's own label (a ``domain`` column, or ``metadata.domain``), else
+    ``domains[source]``, else the source's name; labels are lower-cased ("Wiki & Books" is
+    "books", "Social Media" is "social"); its source is the config's name, its licence the
+    row's ``license`` (or ``metadata.license``) where it has one.
 
     ``path`` reads a local copy of the dataset repository instead of the hub: a folder with
     the repository's README.md (its ``configs:`` list) and data files. ``sources`` picks
@@ -194,9 +218,16 @@ class HubCorpus(Corpus):
         if not snapshot.exists():
             self._download(snapshot)
         for file in sorted(snapshot.glob("*.parquet")):
+            source = file.stem.split("-", 1)[-1]  # written as NNNN-<source>.parquet
             for batch in pq.ParquetFile(file).iter_batches(batch_size=1000):
                 for row in batch.to_pylist():
-                    yield Document(row["id"], row["text"], row["domain"])
+                    yield Document(
+                        row["id"],
+                        row["text"],
+                        row["domain"],
+                        row.get("source") or source,
+                        row.get("license") or "",
+                    )
 
     def _download(self, snapshot: Path) -> None:
         """Stream every chosen source into parquet files, then publish the folder at once."""
@@ -204,7 +235,9 @@ class HubCorpus(Corpus):
         import pyarrow.parquet as pq
 
         datasets = _quiet_datasets()
-        schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("domain", pa.string())])
+        schema = pa.schema(
+            [(c, pa.string()) for c in ("id", "text", "domain", "source", "license")]
+        )
         where = self.path or self.repo
         with self._hub_errors():
             configs = datasets.get_dataset_config_names(where)
@@ -241,6 +274,8 @@ class HubCorpus(Corpus):
                     "id": str(row.get("id") or f"{source}:{n}"),
                     "text": text,
                     "domain": self._domain(row, source),
+                    "source": source,
+                    "license": _row_license(row),
                 }
                 seen += len(text.encode("utf-8"))
                 if self.max_bytes and seen >= self.max_bytes:
@@ -269,6 +304,17 @@ class HubCorpus(Corpus):
 
 
 DOMAIN_LABELS = {"wiki & books": "books", "social media": "social"}
+
+
+def _row_license(row: dict) -> str:
+    """The licence a hub row states (a ``license`` column, or ``metadata.license`` as in
+    DAGW), else ""."""
+    meta = row.get("metadata")
+    for where in (row, meta if isinstance(meta, dict) else {}):
+        for column in LICENSE_COLUMNS:
+            if where.get(column):
+                return _label(where[column])
+    return ""
 
 
 def _batched(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:

@@ -1,0 +1,534 @@
+"""Publish a split of a corpus as a Hugging Face dataset folder (``klm data export``).
+
+The folder is laid out like a dataset repository on the hub:
+
+    DIR/README.md                            the dataset card: YAML front matter (``configs:``,
+                                             klm's record of the export under ``klm_export``)
+                                             and a body that says how the split is made
+    DIR/data/test-00000-of-00001.parquet     the rows: id, text, domain, and source and
+                                             license where the corpus has them
+
+``datasets.load_dataset(DIR)`` gives exactly the documents of the split (``Plan.documents``:
+the same documents, in the same order) under a split of the same name, and ``klm eval RUN
+--task bpb --data DIR`` scores all of its text. Only validation and test are published.
+
+Writing streams: the split's documents are read from the corpus, in corpus order, into a
+temporary Arrow file, which is memory-mapped and written out in slice order, a shard at a
+time, so the split is never held in memory whole. The folder is built beside DIR and moved
+into place when it is complete. An existing DIR that is not empty is replaced only with
+``force``, and only when it is an earlier export holding nothing but what an export writes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kennethlm_core.components import Corpus
+from kennethlm_core.data import SPLIT_VERSION, Plan, build_corpus, plan_split, unit_hash
+from kennethlm_core.errors import ConfigError, DataError, KLMError
+
+PUBLISHED = ("validation", "test")
+MARKER = "klm_export"  # the card's YAML key that marks a folder as written by klm
+EXPORT_FORMAT = 1
+SHARD_BYTES = 256 * 2**20  # text per parquet file
+GROUP_BYTES = 32 * 2**20  # text per row group
+GROUP_ROWS = 1000
+COLUMNS = ("id", "text", "domain", "source", "license")
+NO_SOURCE = "(no source)"  # the card's name for rows without one
+SHARD_NAME = re.compile(r"(validation|test)-\d{5}-of-\d{5}\.parquet")
+
+
+@dataclass
+class Export:
+    """What ``export_split`` wrote."""
+
+    out: Path
+    split: str
+    files: list[str]  # relative to out, README.md last
+    documents: int
+    bytes: int
+    unknown_licences: list[str]  # sources (or "" for none) whose licence the rows do not state
+
+
+# -- checks, before anything is read ---------------------------------------------------------
+
+
+def check_split(split: str) -> None:
+    if split == "train":
+        raise ConfigError("the train split is not published; export validation or test")
+    if split not in PUBLISHED:
+        raise ConfigError(f"unknown split '{split}'; export validation or test")
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that would lose anything: a file, a link, a folder that is not empty
+    (without ``force``), or one that is not purely an earlier export (even with it)."""
+    if out.is_symlink():
+        raise KLMError(f"--out {out} is a symbolic link; give the folder itself")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise KLMError(f"--out {out} is a file, not a folder; choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not force:
+        raise KLMError(
+            f"--out {out} is not empty; choose another --out, or give --force to replace "
+            "an earlier export there"
+        )
+    if card_record(out) is None:
+        raise KLMError(
+            f"--out {out} is not an earlier export (no README.md marked by klm data export); "
+            "--force replaces only those: choose another --out"
+        )
+    foreign = foreign_files(out)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise KLMError(
+            f"--out {out} holds files an export does not write ({', '.join(foreign[:3])}{more}); "
+            "move them away or choose another --out"
+        )
+
+
+def check_apart(corpus: Corpus, out: Path) -> None:
+    """Refuse an ``out`` inside a local corpus' folder (the export would join the corpus)
+    or holding its files (a re-export into the export it reads)."""
+    out = out.resolve()
+    spec = Path(getattr(corpus, "spec", "")).expanduser()
+    inside = getattr(corpus, "spec", "") and spec.is_dir() and out.is_relative_to(spec.resolve())
+    if inside or any(f.resolve().is_relative_to(out) for f in getattr(corpus, "files", [])):
+        raise KLMError(
+            f"--out {out} overlaps the corpus' own files; write the export outside the corpus"
+        )
+
+
+def card_record(folder: Path) -> dict[str, Any] | None:
+    """The ``klm_export`` record of the card in ``folder``, or None when it has none."""
+    import yaml
+
+    try:
+        text = (folder / "README.md").read_text(encoding="utf-8")
+        front = re.match(r"---\n(.*?)\n---\n", text, re.DOTALL)
+        meta = yaml.safe_load(front.group(1)) if front else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    record = meta.get(MARKER) if isinstance(meta, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Everything in ``folder`` that an export does not write, relative to it."""
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name == "README.md" and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.name == "data" and entry.is_dir() and not entry.is_symlink():
+            for f in sorted(entry.iterdir()):
+                if not (SHARD_NAME.fullmatch(f.name) and f.is_file() and not f.is_symlink()):
+                    foreign.append(f"data/{f.name}")
+            continue
+        foreign.append(entry.name)
+    return foreign
+
+
+# -- the export ------------------------------------------------------------------------------
+
+
+def export(
+    cfg: Any,
+    registry: Any,
+    split: str,
+    out: Path,
+    *,
+    force: bool = False,
+    repo: str = "",
+    log: Callable[[str], None] = lambda message: None,
+) -> Export:
+    """Write the ``split`` of the run configuration's corpus to ``out`` (see the module)."""
+    check_split(split)
+    check_out(out, force)
+    corpus = build_corpus(cfg, registry)
+    check_apart(corpus, out)
+    plan = plan_split(corpus, cfg.val_fraction, cfg.tokenizer_train_bytes, cfg.test_fraction)
+    for note in plan.notes:
+        log(f"note: {note}")
+    fractions = (cfg.val_fraction, cfg.test_fraction)
+    return export_split(corpus, plan, split, out, fractions, force=force, repo=repo)
+
+
+def export_split(
+    corpus: Corpus,
+    plan: Plan,
+    split: str,
+    out: Path,
+    fractions: tuple[float, float],
+    *,
+    force: bool = False,
+    repo: str = "",
+) -> Export:
+    """Write the documents ``plan`` puts in ``split`` and their card to ``out``.
+
+    ``fractions`` are the (validation, test) fractions ``plan`` was made with; ``repo`` is
+    the hub repository the card tells readers to load (default: a path to the folder).
+    """
+    check_split(split)
+    check_out(Path(out), force)
+    out = Path(out).absolute()  # "." has a name and a parent
+    docs = plan.documents(split)
+    if len(docs) == 0:
+        raise DataError(f"the {split} split of corpus '{corpus.name}' has no documents")
+    doc_bytes = np.add.reduceat(plan.chunk_bytes, plan.first_chunk)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        rows = tmp / "rows.arrow"
+        sources = _collect(corpus, plan, docs, rows)
+        columns = [c for c in COLUMNS if c in ("id", "text", "domain") or _any(sources, c)]
+        shards = _groups(doc_bytes[docs], SHARD_BYTES)
+        names = [f"data/{split}-{i:05d}-of-{len(shards):05d}.parquet" for i in range(len(shards))]
+        in_corpus_order = np.sort(docs)
+        order = np.searchsorted(in_corpus_order, docs)  # row of each document in rows.arrow
+        _write_parquet(rows, order, shards, [tmp / n for n in names], columns, doc_bytes[docs])
+        rows.unlink()
+        where = repo or f"path/to/{out.name}"
+        card = Card(corpus, plan, split, fractions, names, sources, columns, where)
+        (tmp / "README.md").write_text(card.render(), encoding="utf-8")
+        check_out(out, force)  # again: nothing may have appeared there meanwhile
+        _replace(out, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    unknown = sorted(s for s, info in sources.items() if not info["licenses"])
+    return Export(out, split, [*names, "README.md"], len(docs), int(doc_bytes[docs].sum()), unknown)
+
+
+def _collect(corpus: Corpus, plan: Plan, docs: np.ndarray, path: Path) -> dict[str, dict]:
+    """Write the documents at positions ``docs`` to the Arrow file ``path``, in corpus order;
+    return per source its documents, bytes and the licences its rows state."""
+    import pyarrow as pa
+
+    schema = pa.schema([(c, pa.string()) for c in COLUMNS])
+    wanted = np.zeros(len(plan.doc_chunks), dtype=bool)
+    wanted[docs] = True
+    sources: dict[str, dict] = {}
+    batch: dict[str, list[str]] = {c: [] for c in COLUMNS}
+    size, n = 0, 0
+    changed = DataError(
+        f"corpus '{corpus.name}' changed while it was being read; export again when it is still"
+    )
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for n, doc in enumerate(corpus.documents(), start=1):
+            i = n - 1
+            if i >= len(wanted):
+                raise changed
+            if not wanted[i]:
+                continue
+            if unit_hash(doc.id) != plan.doc_hash[i]:
+                raise changed
+            for column in COLUMNS:
+                batch[column].append(getattr(doc, column))
+            info = sources.setdefault(doc.source, {"documents": 0, "bytes": 0, "licenses": set()})
+            info["documents"] += 1
+            info["bytes"] += len(doc.text.encode("utf-8"))
+            if doc.license:
+                info["licenses"].add(doc.license)
+            size += len(doc.text)
+            if size >= GROUP_BYTES or len(batch["id"]) >= GROUP_ROWS:
+                writer.write_batch(pa.record_batch(batch, schema=schema))
+                batch, size = {c: [] for c in COLUMNS}, 0
+        if batch["id"]:
+            writer.write_batch(pa.record_batch(batch, schema=schema))
+    if n != len(wanted):
+        raise changed
+    return sources
+
+
+def _any(sources: dict[str, dict], column: str) -> bool:
+    """Whether any exported row has a ``source`` (or a ``license``)."""
+    if column == "source":
+        return any(sources)
+    return any(info["licenses"] for info in sources.values())
+
+
+def _write_parquet(rows: Path, order, shards, paths, columns, sizes) -> None:
+    """Write the rows of the Arrow file ``rows`` in ``order`` to the parquet files ``paths``,
+    shard ``k`` holding positions ``shards[k]`` of ``order``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    with pa.memory_map(str(rows)) as source:
+        table = pa.ipc.open_file(source).read_all().select(columns)  # backed by the map
+        for (a, b), path in zip(shards, paths, strict=True):
+            with pq.ParquetWriter(path, table.schema) as writer:
+                for c, d in _groups(sizes[a:b], GROUP_BYTES, GROUP_ROWS):
+                    writer.write_table(table.take(order[a + c : a + d]))
+        del table
+
+
+def _groups(sizes: np.ndarray, max_bytes: int, max_items: int = 0) -> list[tuple[int, int]]:
+    """Consecutive ranges ``[a, b)`` of ``sizes`` of at most ``max_bytes`` (or one item) and
+    at most ``max_items`` items (0: any number)."""
+    groups, start, total = [], 0, 0
+    for i, size in enumerate(sizes.tolist()):
+        full = total + size > max_bytes or (max_items and i - start >= max_items)
+        if i > start and full:
+            groups.append((start, i))
+            start, total = i, 0
+        total += size
+    groups.append((start, len(sizes)))
+    return groups
+
+
+def _replace(out: Path, new: Path) -> None:
+    """Move the finished folder ``new`` to ``out``; an earlier ``out`` (checked: empty, or an
+    export) is moved aside first and deleted only once ``new`` is in place."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rename(out, aside / "old")
+    try:
+        os.rename(new, out)
+    except OSError:
+        os.rename(aside / "old", out)
+        raise
+    finally:
+        if out.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+# -- the dataset card ------------------------------------------------------------------------
+
+
+HOW = """\
+Every document of the corpus is in exactly one split, train, validation or test, chosen by a
+hash of its id alone: a document never changes split when others are added, and no document
+has text in two splits.
+
+1. The hash `h` of a document is blake2b over its id in UTF-8, with an 8-byte digest and the
+   personalisation `split`, read as a big-endian integer and divided by 2^64 (klm's
+   `data.unit_hash`):
+
+   ```python
+   import hashlib
+
+   def unit_hash(doc_id: str) -> float:
+       digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8, person=b"split")
+       return int.from_bytes(digest.digest(), "big") / 2**64
+   ```
+
+2. A document is in validation when `h < val_fraction` ({val}), in test when
+   `val_fraction <= h < val_fraction + test_fraction` ({end}), else in train.
+3. Then every domain is made to appear in the splits where it can. A domain of three or more
+   documents that has none in validation (or test) moves its lowest-hash document from a
+   split where the domain has more than one; one with none in train moves its highest-hash
+   such document there. A domain of two documents has one in validation and one in test, and
+   none in train; a domain of one document is in validation only.
+4. The rows are in klm's slice order: the lowest-hash document of each domain first, then
+   all the others by `h`, so that the first rows cover every domain.
+
+This is split version {version} of klm (version 1 split by chunk, so that a long document
+could have text in two splits; version 2 splits by document)."""
+
+
+@dataclass
+class Card:
+    """The dataset card of an export: README.md, YAML front matter and a Markdown body."""
+
+    corpus: Corpus
+    plan: Plan
+    split: str
+    fractions: tuple[float, float]
+    files: list[str]
+    sources: dict[str, dict]
+    columns: list[str]
+    where: str  # what load_dataset is given: the hub repository, or a path to the folder
+
+    def render(self) -> str:
+        import yaml
+
+        meta = self.metadata()
+        front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=88)
+        return f"---\n{front}---\n\n{self.body(meta[MARKER])}\n"
+
+    def domains(self) -> dict[str, dict[str, int]]:
+        plan, docs = self.plan, self.plan.documents(self.split)
+        doc_bytes = np.add.reduceat(plan.chunk_bytes, plan.first_chunk)
+        out = {}
+        for d, name in enumerate(plan.domains):
+            mine = docs[plan.doc_domain[docs] == d]
+            if len(mine):
+                out[name] = {"documents": len(mine), "bytes": int(doc_bytes[mine].sum())}
+        return out
+
+    def origin(self) -> dict[str, Any]:
+        """The corpus: its name and fingerprint, and for a hub corpus what was read of it."""
+        info: dict[str, Any] = {"corpus": self.corpus.name}
+        info["corpus_fingerprint"] = self.corpus.fingerprint()
+        repo = getattr(self.corpus, "repo", None)
+        if repo:
+            info["hub_dataset"] = repo
+            if getattr(self.corpus, "path", ""):
+                info["hub_copy"] = "read from a local copy of the dataset repository"
+            info["hub_sources"] = list(getattr(self.corpus, "sources", [])) or "all"
+            info["hub_max_bytes_per_source"] = getattr(self.corpus, "max_bytes", 0) or "all"
+        return info
+
+    def corpus_card(self) -> str:
+        repo = getattr(self.corpus, "repo", None)
+        if repo:
+            return f"the corpus's own card, https://huggingface.co/datasets/{repo}"
+        return "the corpus's own documentation (where its files came from)"
+
+    def metadata(self) -> dict[str, Any]:
+        from kennethlm_core import __version__
+
+        domains = self.domains()
+        path = self.files[0] if len(self.files) == 1 else self.files
+        meta: dict[str, Any] = {"pretty_name": f"{self.corpus.name}: the {self.split} split"}
+        if _any(self.sources, "license"):
+            meta["license"] = "other"  # per source, as the rows state it: see klm_export
+        meta["configs"] = [
+            {"config_name": "default", "data_files": [{"split": self.split, "path": path}]}
+        ]
+        meta[MARKER] = {
+            "format": EXPORT_FORMAT,
+            "klm_version": __version__,
+            "split": self.split,
+            "split_version": SPLIT_VERSION,
+            **self.origin(),
+            "val_fraction": self.fractions[0],
+            "test_fraction": self.fractions[1],
+            "documents": sum(d["documents"] for d in domains.values()),
+            "bytes": sum(d["bytes"] for d in domains.values()),
+            "domains": domains,
+            "sources": {
+                source or NO_SOURCE: {
+                    "documents": info["documents"],
+                    "licenses": sorted(info["licenses"]) or "unknown to klm",
+                }
+                for source, info in sorted(self.sources.items())
+            },
+            "notes": list(self.plan.notes),
+        }
+        return meta
+
+    def body(self, meta: dict[str, Any]) -> str:
+        """The Markdown after the front matter; ``meta`` is its ``klm_export`` record."""
+        val, test = self.fractions
+        hub = ""
+        if "hub_dataset" in meta:
+            hub = (
+                f" It was read from the Hugging Face dataset `{meta['hub_dataset']}` (sources: "
+                f"{_listed(meta['hub_sources'])}; text per source: "
+                f"{_listed(meta['hub_max_bytes_per_source'], ' bytes at most')})."
+            )
+        lines = [
+            f"# {self.corpus.name}: the {self.split} split",
+            "",
+            f"The {self.split} split of the corpus `{self.corpus.name}` as KennethLM (klm) makes "
+            f"it, written by `klm data export`: {meta['documents']:,} documents, "
+            f"{meta['bytes']:,} bytes of UTF-8 text.{hub} The corpus fingerprint is "
+            f"`{meta['corpus_fingerprint']}` (klm's: it changes when the corpus files or the "
+            "settings that read them change).",
+            "",
+            "```python",
+            "from datasets import load_dataset",
+            "",
+            f'rows = load_dataset("{self.where}", split="{self.split}")',
+            "```",
+            "",
+            f"Columns: {', '.join(f'`{c}`' for c in self.columns)}. Score a klm run on all of "
+            "it with `klm eval RUN --task bpb --data DIR`.",
+            "",
+            "## How the split is made",
+            "",
+            HOW.format(val=val, end=f"{val + test:g}", version=SPLIT_VERSION),
+            "",
+            "## Small domains",
+            "",
+        ]
+        lines += [f"- {note}" for note in meta["notes"]] or [
+            "None: every domain of the corpus has documents in all three splits."
+        ]
+        lines += ["", "## Domains", "", "| domain | documents | bytes |", "|---|---:|---:|"]
+        for name, d in meta["domains"].items():
+            lines.append(f"| {_cell(name)} | {d['documents']:,} | {d['bytes']:,} |")
+        lines += [f"| **total** | {meta['documents']:,} | {meta['bytes']:,} |", ""]
+        lines += ["## Sources and licences", "", *self.licences()]
+        return "\n".join(lines)
+
+    def licences(self) -> list[str]:
+        if not any(self.sources):
+            return [
+                "The corpus's rows name no source and no licence: the licence of this text is "
+                f"unknown to klm. See {self.corpus_card()}, and check it before publishing.",
+            ]
+        lines = ["| source | documents | licence (as the rows state it) |", "|---|---:|---|"]
+        for source, info in sorted(self.sources.items()):
+            licence = ", ".join(sorted(info["licenses"])) or "unknown to klm"
+            lines.append(f"| {_cell(source or NO_SOURCE)} | {info['documents']:,} | {licence} |")
+        lines.append("")
+        if any(not info["licenses"] for info in self.sources.values()):
+            lines.append(
+                "Where the licence is unknown to klm, the corpus's rows do not state it: see "
+                f"{self.corpus_card()}, and check it before publishing."
+            )
+        else:
+            lines.append(
+                "klm copies each licence as the corpus's rows state it and checks none of "
+                f"them; see {self.corpus_card()}."
+            )
+        return lines
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _listed(value: Any, unit: str = "") -> str:
+    if isinstance(value, list):
+        return ", ".join(value)
+    return f"{value:,}{unit}" if isinstance(value, int) else str(value)
+
+
+# -- the hub ---------------------------------------------------------------------------------
+
+
+def push_to_hub(out: Path, repo: str, split: str) -> str:
+    """Upload the export ``out`` to the hub dataset ``repo`` (created if need be), replacing
+    its README.md and its parquet files of ``split``; returns the dataset's address."""
+    import huggingface_hub
+
+    later = (
+        f"the dataset folder {out} is written; push it later with: "
+        f"hf upload {repo} {out} . --repo-type dataset"
+    )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    if offline or huggingface_hub.constants.HF_HUB_OFFLINE:  # (read when it was imported)
+        raise KLMError(f"cannot push to {repo}: offline (HF_HUB_OFFLINE is set); {later}")
+    api = huggingface_hub.HfApi()
+    try:
+        api.create_repo(repo, repo_type="dataset", exist_ok=True)
+        api.upload_folder(
+            repo_id=repo,
+            folder_path=out,
+            repo_type="dataset",
+            commit_message=f"klm data export: the {split} split",
+            delete_patterns=[f"data/{split}-*.parquet"],  # shards of an earlier export
+        )
+    except Exception as e:
+        what = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise KLMError(
+            f"cannot push to {repo} ({what}); log in with `hf auth login` if need be; {later}"
+        ) from None
+    return f"https://huggingface.co/datasets/{repo}"
