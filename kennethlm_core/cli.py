@@ -905,11 +905,18 @@ def _print_comparison(s: dict[str, Any]) -> None:
 
 def _record(summary: dict[str, Any], promote: bool) -> None:
     from kennethlm_core.config import registry_path
-    from kennethlm_core.registry import append_experiment, ledger_entry, ledger_lock
+    from kennethlm_core.registry import append_experiment, ledger_entry, ledger_lock, test_scores
     from kennethlm_core.registry import promote as promote_entry
 
     path = registry_path()
     entry = ledger_entry(summary)
+    test = None
+    if promote and summary["verdict"] == "better":  # a record reports its held-back test figure
+        test = test_scores(summary, _test_bpb)
+        click.echo(
+            f"test split (reported, not deciding): baseline {test['baseline_mean']:.4f}, "
+            f"candidate {test['candidate_mean']:.4f}"
+        )
     with ledger_lock(path):  # the append, the promotion and the render as one step
         if append_experiment(entry, path):
             click.echo(f"recorded in {path} ({summary['verdict']})")
@@ -924,9 +931,18 @@ def _record(summary: dict[str, Any], promote: bool) -> None:
         elif promote:
             run = Path(summary["arms"]["candidate"]["runs"][0])
             config = json.loads((run / "config.json").read_text())
-            promote_entry(entry, config, path)
+            promote_entry(entry, config, path, test=test)
             click.echo(f"promoted: {summary['candidate']} is part of the record recipe now")
         _render_readme(path)
+
+
+def _test_bpb(run: Path) -> float:
+    """A run's bits per byte on its corpus' test split (cached in its eval.json)."""
+    from kennethlm_core.evaluate import run_tasks
+
+    cached = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else {}
+    result = cached.get("bpb/test") or run_tasks(run, ["bpb"], split="test")["bpb/test"]
+    return float(result["metrics"]["bpb"]["value"])
 
 
 def _render_readme(path: Path) -> None:

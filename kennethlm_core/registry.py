@@ -236,20 +236,38 @@ def append_experiment(entry: dict[str, Any], path: Path | None = None) -> bool:
 
 
 def promote(
-    entry: dict[str, Any], candidate_config: dict[str, Any], path: Path | None = None
+    entry: dict[str, Any],
+    candidate_config: dict[str, Any],
+    path: Path | None = None,
+    test: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Make a `better` candidate the `record` recipe; the old record goes into its ledger entry.
     The entry must be in the ledger, of the current schema, and measured against the record as
     it is: no comparison of its schema promoted after it (promotions of another schema belong to
     another record chain). Settings the candidate's configuration no longer has (an option of a
-    component it replaced) leave the recipe. Returns the new record.
+    component it replaced) leave the recipe. ``test`` (the arms' bits per byte on the held-back
+    test split, see test_scores) is written into the entry as ``test_bpb``: reported, never
+    deciding. Returns the new record.
     """
     path = path or registry_path()
     with ledger_lock(path):
-        return _promote(entry, candidate_config, path)
+        return _promote(entry, candidate_config, path, test)
 
 
-def _promote(entry: dict[str, Any], candidate_config: dict[str, Any], path: Path):
+def test_scores(summary: dict[str, Any], score: Any) -> dict[str, Any]:
+    """Both arms of a comparison on the test split: per-seed values and means.
+
+    ``score(run_dir) -> float`` scores one run (the command line passes the bpb task on the
+    test split, whose result each run folder caches in eval.json)."""
+    out: dict[str, Any] = {}
+    for arm in ("baseline", "candidate"):
+        values = [_num(score(Path(run))) for run in summary["arms"][arm]["runs"]]
+        out[f"{arm}_values"] = values
+        out[f"{arm}_mean"] = _num(sum(values) / len(values))
+    return out
+
+
+def _promote(entry: dict[str, Any], candidate_config: dict[str, Any], path: Path, test=None):
     import tomlkit
 
     doc = _read(path)
@@ -286,6 +304,8 @@ def _promote(entry: dict[str, Any], candidate_config: dict[str, Any], path: Path
     last["promoted"] = True
     last["promoted_at"] = len(doc["experiments"])  # entries appended later measure the new record
     last["previous_record"] = previous
+    if test:
+        last["test_bpb"] = _toml(test)
     _write(path, doc)
     return record.unwrap()
 
@@ -409,14 +429,24 @@ def record_log(exps: list[dict[str, Any]], schema: int = LEDGER_SCHEMA) -> str:
     steps = promotions(exps, schema)
     if not steps:
         return f"No promotions on ledger schema {schema} yet."
-    lines = ["| record | change | val_bpb | Δ | 95% CI | p | budget | date |", "|---" * 8 + "|"]
+    # the held-back test split, where promotions scored it (schema 1 never did)
+    tested = any(e.get("test_bpb") for e in steps)
+    head = "| record | change | val_bpb |" + (" test_bpb |" if tested else "")
+    lines = [head + " Δ | 95% CI | p | budget | date |", "|---" * (8 + tested) + "|"]
     first = steps[0]
-    lines.append(f"| r0 | the baseline recipe | {first['baseline_mean']:.4f} | | | | | |")
+
+    def test(e: dict[str, Any], arm: str) -> str:
+        value = (e.get("test_bpb") or {}).get(f"{arm}_mean")
+        return (f" {value:.4f} |" if value is not None else "  |") if tested else ""
+
+    r0 = f"| r0 | the baseline recipe | {first['baseline_mean']:.4f} |{test(first, 'baseline')}"
+    lines.append(r0 + " | | | | |")
     for n, e in enumerate(steps, 1):
         lo, hi = e["delta_ci"]
         lines.append(
-            f"| r{n} | `{_cell(e['candidate'])}` | {e['candidate_mean']:.4f} | {e['delta']:+.4f} "
-            f"| [{lo:+.4f}, {hi:+.4f}] | {e['p']:.2g} | {_budget(e)} | {e['date']} |"
+            f"| r{n} | `{_cell(e['candidate'])}` | {e['candidate_mean']:.4f} |"
+            f"{test(e, 'candidate')} {e['delta']:+.4f} | [{lo:+.4f}, {hi:+.4f}] "
+            f"| {e['p']:.2g} | {_budget(e)} | {e['date']} |"
         )
     return "\n".join(lines)
 

@@ -136,7 +136,7 @@ def test_candidate_settings_go_on_top_of_the_baseline_and_shared_settings(regist
 
 def test_a_candidate_that_replaces_a_component_drops_the_recipes_options_for_it(registry):
     nope = Arm("--posemb none", None, {"posemb": "none"})
-    cfgs = arm_configs(comparison(nope, Arm("record", "record")), registry)
+    cfgs = arm_configs(comparison(nope, Arm("record-v1", "record-v1")), registry)  # has rope
     assert cfgs["baseline"].options["rope_base"] == 10000.0 and cfgs["baseline"].posemb == "rope"
     assert cfgs["candidate"].posemb == "none" and "rope_base" not in cfgs["candidate"].options
 
@@ -362,3 +362,28 @@ def test_a_task_metric_decides_in_the_direction_the_task_declares(tmp_path):
     assert len(calls) == 2  # the second time it came from each run's eval.json
     with pytest.raises(ConfigError, match="reports logp, not 'fluency/acc'.*fluency/logp"):
         metric_values(runs, "fluency/acc", reg)
+
+
+def test_a_promotion_reports_both_arms_on_the_held_back_test_split(tmp_path, klm, ledger):
+    code, out, err = klm(
+        "compare", "--candidate", "--set lr=3e-3", "--seeds", "2", "--steps", "10",
+        *TINY, "--out", tmp_path / "p", "--promote", "--min-effect", "-100", "--alpha", "1",
+        "--secondary-data", "none",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["verdict"] == "better"
+    import tomlkit
+
+    entry = tomlkit.parse((ledger / "registry.toml").read_text())["experiments"][-1]
+    assert entry["promoted"] and entry["schema"] == 2
+    for arm in ("baseline", "candidate"):
+        runs = [Path(r) for r in summary["arms"][arm]["runs"]]
+        on_test = [json.loads((r / "eval.json").read_text())["bpb/test"] for r in runs]
+        values = [m["metrics"]["bpb"]["value"] for m in on_test]
+        assert entry["test_bpb"][f"{arm}_values"] == pytest.approx(values, rel=1e-5)
+        assert all("test split" in m["notes"] for m in on_test)
+        assert values != summary["arms"][arm]["values"]  # another text than validation
+    mean = entry["test_bpb"]["candidate_mean"]
+    assert f"| {mean:.4f} |" in (ledger / "README.md").read_text()  # in the record log
+    assert "test split (reported, not deciding)" in out

@@ -254,8 +254,31 @@ def test_an_old_schema_entry_is_not_promoted(copy):
     assert path.read_text() == before
 
 
-def test_reset_record_keeps_the_old_record_and_restarts_from_the_baseline(copy, klm):
+@pytest.fixture
+def unreset(copy):
+    """The copy as it was before the real registry's record was reset: the schema-1 record r4
+    as [recipes.record], no [recipes.record-v1], no schema-2 entries."""
+    import tomlkit
+
     path = copy / "registry.toml"
+    doc = tomlkit.parse(path.read_text())
+    recipes = doc["recipes"]
+    if "record-v1" in recipes:
+        old = recipes["record-v1"]
+        for key in list(recipes["record"]):
+            del recipes["record"][key]
+        for key, value in old.items():
+            recipes["record"][key] = value
+        del recipes["record-v1"]
+    experiments = doc.get("experiments", [])
+    for e in [e for e in experiments if e.get("schema", 1) >= 2]:
+        experiments.remove(e)
+    path.write_text(tomlkit.dumps(doc))
+    return copy
+
+
+def test_reset_record_keeps_the_old_record_and_restarts_from_the_baseline(unreset, klm):
+    path = unreset / "registry.toml"
     before = path.read_text()
     doc = tomllib.loads(before)
     code, out, err = klm("registry", "reset-record")
@@ -288,8 +311,8 @@ def test_reset_record_keeps_the_old_record_and_restarts_from_the_baseline(copy, 
     assert path.read_text() == after
 
 
-def test_reset_record_is_refused_once_schema_2_comparisons_measured_the_record(copy):
-    path = copy / "registry.toml"
+def test_reset_record_is_refused_once_schema_2_comparisons_measured_the_record(unreset):
+    path = unreset / "registry.toml"
     append_experiment(ledger_entry(summary("inconclusive")), path)
     before = path.read_text()
     with pytest.raises(ConfigError, match="reset before measuring against it"):
