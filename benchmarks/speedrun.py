@@ -8,8 +8,9 @@ Trains the two recipes one after the other, each as its own `klm run --time T` p
 all the cores, or with ``--side-by-side`` at the same time, each with half of them (half the
 wall time, and both runs see the same load on a shared machine). Prints for each: final
 val_bpb (the run's summary, scored on the final validation slice), tokens/s and MFU (model
-FLOPs per token as benchmarks/throughput.py counts them, against a float32 matmul peak
-measured here just before each run, at the runs' thread count) and peak resident memory of
+FLOPs per token as benchmarks/throughput.py counts them, against the best matmul peak the
+machine measures just before each run, at the runs' thread count: bf16 where it has bf16
+units, else float32) and peak resident memory of
 the process. Then the time `record` needed to reach `baseline`'s final val_bpb, read from the
 validation log (metrics.jsonl: the fixed training slice, evaluated every eval_every steps; the
 time is the training clock at the first evaluation at or below baseline's last one, so it is
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import flops_per_token, matmul_peak  # noqa: E402
+from throughput import best_peak, flops_per_token  # noqa: E402
 
 from kennethlm_core.config import RunConfig, parse_duration  # noqa: E402
 from kennethlm_core.train import cpu_name, read_metrics  # noqa: E402
@@ -107,15 +108,16 @@ def main() -> None:
     if args.side_by_side:
         threads = int(next(s for s in args.set if s.startswith("threads=")).split("=")[1])
         torch.set_num_threads(threads)
-        peaks["baseline"] = peaks["record"] = matmul_peak(torch.float32)
-        print(f"float32 matmul peak, {threads} threads: {peaks['record'] / 1e9:.1f} GFLOP/s")
+        peak, dtype = best_peak()
+        peaks["baseline"] = peaks["record"] = peak
+        print(f"{dtype} matmul peak, {threads} threads: {peak / 1e9:.1f} GFLOP/s")
         started = {arm: start(recipes[arm], args, out / arm) for arm in recipes}
         runs = {arm: finish(recipes[arm], started[arm], out / arm) for arm in recipes}
     else:
         for arm in recipes:
             # the peak just before each run: under a changing load, one peak for both misleads
-            peaks[arm] = matmul_peak(torch.float32)
-            print(f"float32 matmul peak before {arm}: {peaks[arm] / 1e9:.1f} GFLOP/s")
+            peaks[arm], dtype = best_peak()
+            print(f"{dtype} matmul peak before {arm}: {peaks[arm] / 1e9:.1f} GFLOP/s")
             runs[arm] = finish(recipes[arm], start(recipes[arm], args, out / arm), out / arm)
     end_load = load()
 
@@ -148,7 +150,9 @@ def main() -> None:
             "train_time_s": s["train_time_s"],
             "wall_s": s["wall_s"],
             "device": s["device"],
+            "dtype": s.get("dtype"),
         }
+        print(f"{'':<10}precision {s.get('dtype')} ({(s.get('precision') or {}).get('reason')})")
     if reached is None:
         print(f"record did not reach baseline's last logged val_bpb {target:.4f}")
     else:

@@ -57,6 +57,21 @@ def matmul_peak(dtype: torch.dtype, device: str = "cpu", seconds: float = 2.0) -
     return best
 
 
+def best_peak(device: str = "cpu") -> tuple[float, str]:
+    """(FLOP/s, dtype): the faster of the float32 and the bf16 matmul peak, bf16 measured only
+    where the machine has bf16 matrix units (a CPU without them emulates bf16, slowly). MFU
+    against this peak says how much of the machine a run uses, whatever precision it chose."""
+    from kennethlm_core.precision import cpu_bf16_units
+
+    peaks = {"float32": matmul_peak(torch.float32, device)}
+    if (device == "cpu" and cpu_bf16_units()) or (
+        device == "cuda" and torch.cuda.is_bf16_supported()
+    ):
+        peaks["bfloat16"] = matmul_peak(torch.bfloat16, device)
+    dtype = max(peaks, key=peaks.get)
+    return peaks[dtype], dtype
+
+
 def flops_per_token(cfg, params: int) -> float:
     positions = cfg.block_size * cfg.n_embd if cfg.posemb == "learned" else 0
     return 6 * (params - positions) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size

@@ -399,7 +399,8 @@ class LoadedRun(LanguageModel):
         from kennethlm_core.checkpoint import WEIGHTS, load_weights
         from kennethlm_core.model import build_model
         from kennethlm_core.plugins import get_registry
-        from kennethlm_core.train import autocast_context, load_run_config, pick_device
+        from kennethlm_core.precision import Precision, choose
+        from kennethlm_core.train import load_run_config, pick_device
 
         self.dir = Path(run_dir)
         self.registry = registry or get_registry()
@@ -411,7 +412,14 @@ class LoadedRun(LanguageModel):
         self.model = build_model(self.config, self.tokenizer.vocab_size, self.registry)
         load_weights(self.model, self.dir / WEIGHTS)
         self.model.to(self.device).eval()
-        self.autocast, _ = autocast_context(self.device, self.config.dtype)
+        # the precision the run trained in (summary.json), so that scores repeat the run's
+        summary = self.dir / "summary.json"
+        used = json.loads(summary.read_text()).get("dtype") if summary.exists() else None
+        if used and self.config.dtype == "auto":
+            self.precision = Precision(used, "the run's own")
+        else:
+            self.precision = choose(self.device, self.config.dtype)
+        self.autocast = self.precision.autocast(self.device)
         self.block_size = self.config.block_size
 
     def encode(self, text: str) -> list[int]:

@@ -29,6 +29,7 @@ under ``provenance_overrides``, and for a resumed run in its provenance.json) or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -697,6 +698,7 @@ def run_comparison(
     summary.json under ``secondary`` (see secondary_values); it does not decide the verdict.
 
     ``allow_changes``: reuse or resume runs whose code or data changed (see run_state)."""
+    from kennethlm_core import precision
     from kennethlm_core.checkpoint import atomic_write_json
     from kennethlm_core.data import prepare_data
     from kennethlm_core.plots import plot_paths
@@ -721,12 +723,20 @@ def run_comparison(
     )
     for job in (j for phase in phases for j in phase if j.changes):
         say(f"{job.label}: {sentence(job.changes)}; used anyway (--allow-changes)")
+    decided = contextlib.nullcontext()
     if any(j.mode != "done" for phase in phases for j in phase):
-        for cfg in {(c.corpus, c.tokenizer): c for c in cfgs.values()}.values():
-            prepare_data(cfg, registry, log=say)  # once, before parallel runs need it
+        prepared = {}
+        for key, cfg in {(c.corpus, c.tokenizer): c for c in cfgs.values()}.items():
+            prepared[key] = prepare_data(cfg, registry, log=say)  # once, before parallel runs
+        base = cfgs["baseline"]
+        vocab = prepared[base.corpus, base.tokenizer].tokenizer.vocab_size
+        decided = precision.one_answer(base, registry, vocab, log=say)
     try:
-        for phase in phases:
-            run_jobs(phase, jobs, registry, disabled=disabled or [], logs=folder / "logs", say=say)
+        with decided:
+            for phase in phases:
+                run_jobs(
+                    phase, jobs, registry, disabled=disabled or [], logs=folder / "logs", say=say
+                )
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(
             "finished runs are kept and unfinished ones checkpointed; run the same "

@@ -9,7 +9,6 @@ summary.json. ``train_time_s`` counts training steps only, never evaluation or s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 
-from kennethlm_core import provenance
+from kennethlm_core import precision, provenance
 from kennethlm_core.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
@@ -80,16 +79,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps was asked for, but MPS is not available; use --device auto")
     return torch.device(name)
-
-
-def autocast_context(device: torch.device, dtype: str):
-    """(context manager, dtype name): bf16 autocast on GPUs that have it, float32 elsewhere."""
-    if dtype == "auto":
-        bf16_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        dtype = "bfloat16" if bf16_gpu else "float32"
-    if dtype == "float32":
-        return contextlib.nullcontext(), dtype
-    return torch.autocast(device.type, dtype=getattr(torch, dtype)), dtype
 
 
 def describe_device(device: torch.device) -> str:
@@ -308,7 +297,7 @@ def train(
     device = pick_device(cfg.device)
     if dist.active and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    autocast, dtype = autocast_context(device, cfg.dtype)
+    precision.check(device, cfg.dtype)
 
     tokenizer = None
     if resume or source:  # the weights belong to this tokenizer
@@ -343,6 +332,7 @@ def train(
     metrics_path = out / "metrics.jsonl"
     init_info = None  # where a run started from another run's checkpoint: {checkpoint, step}
     rng: dict[str, torch.Tensor] | None = None
+    meta: dict[str, Any] = {}
 
     if resume:
         if dist.is_main:  # temporary files of a write that a kill interrupted
@@ -366,6 +356,20 @@ def train(
         if device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"])
         batches.set_state(rng["batches"])
+
+    # float32 or bf16 (--dtype auto: measured on a CPU). A resumed run keeps its precision.
+    if resume and meta.get("precision"):
+        chosen = precision.Precision(**meta["precision"])
+    else:
+        chosen = precision.choose(
+            device, cfg.dtype, model, (cfg.batch_size // dist.world, cfg.block_size),
+            tokenizer.vocab_size,
+        )  # fmt: skip
+        if dist.active:  # every process trains in the same precision: rank 0's
+            chosen = dist.broadcast(chosen)
+    autocast, dtype = chosen.autocast(device), chosen.dtype
+    if cfg.dtype == "auto":
+        log(f"precision: {dtype} ({chosen.reason})")
 
     step_fn = dist.wrap(model)  # DistributedDataParallel with several processes
     step_fn = torch.compile(step_fn) if cfg.compile else step_fn
@@ -396,6 +400,7 @@ def train(
             "loss_sum": loss_sum.item(),
             "loss_steps": loss_steps,
             "init_from": init_info,
+            "precision": chosen.to_json(),
         }
         save_checkpoint(path, model, optimizer, rng, meta)
 
@@ -505,6 +510,7 @@ def train(
         "tokens_per_s": clock.tokens / clock.train_time if clock.train_time else 0.0,
         "device": describe_device(device) + (f" x {dist.world} processes" if dist.active else ""),
         "dtype": dtype,
+        "precision": chosen.to_json(),
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "vocab_size": tokenizer.vocab_size,

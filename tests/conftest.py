@@ -25,6 +25,22 @@ def klm_cache(tmp_path_factory):
         os.environ["KLM_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def float32_unless_asked():
+    """--dtype auto trains in float32 in tests, whatever the CPU: figures compared across
+    runs (and across processes) must not depend on a timing probe. tests/test_precision.py
+    tests the probe itself."""
+    from kennethlm_core.precision import FORCE
+
+    old = os.environ.get(FORCE)
+    os.environ[FORCE] = "float32"
+    yield
+    if old is None:
+        os.environ.pop(FORCE, None)
+    else:
+        os.environ[FORCE] = old
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread, and other processes on a shared machine cannot
