@@ -432,7 +432,7 @@ def run_jobs(
 
     logs.mkdir(parents=True, exist_ok=True)
     running: list[tuple[Job, subprocess.Popen, Path]] = []
-    try:
+    with _stopped_by_sigterm(), _stopping(running):
         while todo or running:
             while todo and len(running) < n_jobs:
                 job = todo.pop(0)
@@ -456,12 +456,39 @@ def run_jobs(
                     lines = log.read_text(encoding="utf-8").strip().splitlines() or ["no output"]
                     raise KLMError(f"{job.label} failed: {lines[-1]} (see {log})")
                 say(_finished(job, json.loads((job.out / "summary.json").read_text())))
-    finally:  # on an error or Ctrl-C: let the others checkpoint and stop
+
+
+@contextlib.contextmanager
+def _stopping(running: list[tuple[Job, subprocess.Popen, Path]]):
+    """On an error, Ctrl-C or SIGTERM: let the running workers checkpoint and stop."""
+    try:
+        yield
+    finally:
         for _job, proc, _log in running:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)  # finish the step, checkpoint, exit
         for _job, proc, _log in running:
             proc.wait()
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm():
+    """SIGTERM stops a comparison as Ctrl-C does. A comparison started in the background
+    (``nohup klm compare ... &``) ignores SIGINT, and a plain SIGTERM would end this process
+    and leave its workers, in sessions of their own, training on."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _starting(job: Job) -> str:

@@ -116,6 +116,36 @@ def test_compare_killed_half_way_reuses_finished_runs_and_resumes_the_rest(tmp_p
     assert [r["step"] for r in read_metrics(second)] == list(range(0, 41, 5))
 
 
+def test_a_background_compare_stopped_by_sigterm_stops_its_workers_too(tmp_path):
+    """Started as `nohup klm compare ... &` starts it (SIGINT ignored), a SIGTERM to klm stops
+    the comparison and its workers, which checkpoint first: none trains on alone."""
+    folder = tmp_path / "exp"
+    args = ["compare", "--baseline", "baseline", "--candidate", "--set lr=3e-3", "--seeds", "2"]
+    args += ["--steps", "5000", *TINY, "--jobs", "2", "--out", str(folder), "-q"]
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "kennethlm_core", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    runs = [folder / arm / "seed-1" for arm in ("baseline", "candidate")]
+    for run in runs:
+        wait_for(run / CHECKPOINT, proc)
+    proc.send_signal(signal.SIGINT)  # ignored, as in the background
+    time.sleep(0.5)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("klm: stopped: ")
+    workers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True)
+    assert workers.stdout == ""  # no worker left behind
+    for run in runs:  # each stopped between steps, with a checkpoint of where it was
+        step = read_metrics(run)[-1]["step"]
+        assert 0 < step < 5000 and not (run / "summary.json").exists()
+
+
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_path, klm):
     run = tmp_path / "early"
     code, out, err = klm("run", *TINY, "--steps", "10", "--out", run, "-q")
