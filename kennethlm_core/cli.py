@@ -905,17 +905,26 @@ def _print_comparison(s: dict[str, Any]) -> None:
 
 def _record(summary: dict[str, Any], promote: bool) -> None:
     from kennethlm_core.config import registry_path
-    from kennethlm_core.registry import append_experiment, ledger_entry, ledger_lock, test_scores
+    from kennethlm_core.registry import (
+        append_experiment,
+        ledger_entry,
+        ledger_lock,
+        test_scored_before,
+        test_scores,
+    )
     from kennethlm_core.registry import promote as promote_entry
 
     path = registry_path()
     entry = ledger_entry(summary)
     test = None
     if promote and summary["verdict"] == "better":  # a record reports its held-back test figure
-        test = test_scores(summary, _test_bpb)
+        # the baseline arm is the previous record, scored when it was promoted (the same
+        # recipe and seeds); only the chain's first promotion scores its baseline too
+        arms = ("candidate",) if test_scored_before(path) else ("baseline", "candidate")
+        test = test_scores(summary, _test_bpb, arms)
         click.echo(
-            f"test split (reported, not deciding): baseline {test['baseline_mean']:.4f}, "
-            f"candidate {test['candidate_mean']:.4f}"
+            "test split (reported, not deciding): "
+            + ", ".join(f"{arm} {test[f'{arm}_mean']:.4f}" for arm in arms)
         )
     with ledger_lock(path):  # the append, the promotion and the render as one step
         if append_experiment(entry, path):

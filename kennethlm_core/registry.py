@@ -254,13 +254,15 @@ def promote(
         return _promote(entry, candidate_config, path, test)
 
 
-def test_scores(summary: dict[str, Any], score: Any) -> dict[str, Any]:
-    """Both arms of a comparison on the test split: per-seed values and means.
+def test_scores(
+    summary: dict[str, Any], score: Any, arms: tuple[str, ...] = ("baseline", "candidate")
+) -> dict[str, Any]:
+    """Arms of a comparison on the test split: per-seed values and means.
 
     ``score(run_dir) -> float`` scores one run (the command line passes the bpb task on the
     test split, whose result each run folder caches in eval.json)."""
     out: dict[str, Any] = {}
-    for arm in ("baseline", "candidate"):
+    for arm in arms:
         values = [_num(score(Path(run))) for run in summary["arms"][arm]["runs"]]
         out[f"{arm}_values"] = values
         out[f"{arm}_mean"] = _num(sum(values) / len(values))
@@ -449,6 +451,15 @@ def record_log(exps: list[dict[str, Any]], schema: int = LEDGER_SCHEMA) -> str:
             f"| {e['p']:.2g} | {_budget(e)} | {e['date']} |"
         )
     return "\n".join(lines)
+
+
+def test_scored_before(path: Path | None = None) -> bool:
+    """Whether a promotion of the current schema has test figures already: its candidate arm
+    is the next comparison's baseline (the same recipe and seeds), so later promotions need
+    only score their candidate."""
+    doc = _read(path or registry_path())
+    exps = list(doc.get("experiments", []))
+    return any(e.get("test_bpb") for e in promotions(exps, LEDGER_SCHEMA))
 
 
 def _generations(exps: list[dict[str, Any]]) -> dict[int, int]:

@@ -364,7 +364,19 @@ def test_a_task_metric_decides_in_the_direction_the_task_declares(tmp_path):
         metric_values(runs, "fluency/acc", reg)
 
 
+def without_schema_2(ledger):
+    """The ledger copy as before its first schema-2 entry: the start of a record chain."""
+    import tomlkit
+
+    path = ledger / "registry.toml"
+    doc = tomlkit.parse(path.read_text())
+    for e in [e for e in doc.get("experiments", []) if e.get("schema", 1) >= 2]:
+        doc["experiments"].remove(e)
+    path.write_text(tomlkit.dumps(doc))
+
+
 def test_a_promotion_reports_both_arms_on_the_held_back_test_split(tmp_path, klm, ledger):
+    without_schema_2(ledger)  # the chain's first promotion scores both arms
     code, out, err = klm(
         "compare", "--candidate", "--set lr=3e-3", "--seeds", "2", "--steps", "10",
         *TINY, "--out", tmp_path / "p", "--promote", "--min-effect", "-100", "--alpha", "1",
@@ -387,3 +399,29 @@ def test_a_promotion_reports_both_arms_on_the_held_back_test_split(tmp_path, klm
     mean = entry["test_bpb"]["candidate_mean"]
     assert f"| {mean:.4f} |" in (ledger / "README.md").read_text()  # in the record log
     assert "test split (reported, not deciding)" in out
+
+
+def test_later_promotions_score_only_their_candidate_on_test(tmp_path, klm, ledger):
+    """The baseline arm of a later promotion is the record the previous one scored."""
+    without_schema_2(ledger)
+    common = ["--seeds", "2", "--steps", "10", *TINY, "--min-effect", "-100", "--alpha", "1"]
+    common += ["--secondary-data", "none", "--promote"]
+    code, out, err = klm(
+        "compare", "--candidate", "--set lr=3e-3", *common, "--out", tmp_path / "a"
+    )
+    assert code == 0, err
+    code, out, err = klm(
+        "compare", "--candidate", "--set lr=4e-3", *common, "--out", tmp_path / "b"
+    )
+    assert code == 0, err
+    import tomlkit
+
+    first, second = tomlkit.parse((ledger / "registry.toml").read_text())["experiments"][-2:]
+    assert set(first["test_bpb"]) == {
+        "baseline_values",
+        "baseline_mean",
+        "candidate_values",
+        "candidate_mean",
+    }
+    assert set(second["test_bpb"]) == {"candidate_values", "candidate_mean"}
+    assert not (tmp_path / "b" / "baseline" / "seed-1" / "eval.json").exists()  # not scored
