@@ -20,6 +20,7 @@ With one process (no torchrun) ``Dist`` is inert: every method is the identity.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import subprocess
@@ -130,8 +131,18 @@ def setup() -> Dist:
         backend = "gloo"
     if not td.is_initialized():
         td.init_process_group(backend)
+        # leave the group before the interpreter tears down: a gloo process group still alive
+        # then can abort the process ("terminate called without an active exception")
+        atexit.register(_leave)
     _current = Dist(rank, world, local_rank)
     return _current
+
+
+def _leave() -> None:
+    import torch.distributed as td
+
+    if td.is_initialized():
+        td.destroy_process_group()
 
 
 def check_batch(batch_size: int, world: int) -> None:

@@ -483,8 +483,9 @@ def train(
                 last_report = (clock.train_time, clock.tokens)
                 progress(clock, clock.progress(cfg), current, last_val, tps)
 
-    if not dist.is_main:
-        return {}  # rank 0 scores the run and writes its files
+    if not dist.is_main:  # rank 0 scores the run and writes its files; the others wait, so
+        dist.barrier()  # that every process leaves the process group at the same time
+        return {}
     save_weights(model, out / WEIGHTS)
     log("scoring the validation split")
     final_slice = data.val.head(cfg.final_eval_bytes)
@@ -519,6 +520,7 @@ def train(
         "provenance": origin,
     }
     atomic_write_json(out / "summary.json", summary)
+    dist.barrier()
     return summary
 
 
