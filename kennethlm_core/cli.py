@@ -291,18 +291,10 @@ def _train_with_progress(cfg, out, registry, *, resume, force, allow_changes, qu
                 f"{row['val_bpb']:.4f}  {row['train_time_s']:.1f}s"
             )
 
+    common = dict(registry=registry, resume=resume, force=force, allow_changes=allow_changes)
     if quiet or not console.is_terminal:
         log = (lambda message: None) if quiet else console.print
-        return train(
-            cfg,
-            out,
-            registry=registry,
-            resume=resume,
-            force=force,
-            allow_changes=allow_changes,
-            log=log,
-            on_eval=line,
-        )
+        return train(cfg, out, log=log, on_eval=line, **common)
 
     columns = [
         TextColumn("[bold]{task.description}"),
@@ -321,17 +313,7 @@ def _train_with_progress(cfg, out, registry, *, resume, force, allow_changes, qu
         def log(message):
             bar.update(task, status=message)
 
-        return train(
-            cfg,
-            out,
-            registry=registry,
-            resume=resume,
-            force=force,
-            allow_changes=allow_changes,
-            log=log,
-            progress=progress,
-            on_eval=line,
-        )
+        return train(cfg, out, log=log, progress=progress, on_eval=line, **common)
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:

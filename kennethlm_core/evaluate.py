@@ -585,6 +585,7 @@ def run_tasks(
     split: str = "validation",
     stride: int = 0,
     log: Callable[[str], None] = lambda message: None,
+    save: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run on tasks; merge each result into the run's eval.json as it comes.
 
@@ -593,7 +594,8 @@ def run_tasks(
     task's (another corpus, which of its splits to score, targets per window). ``limit`` caps
     every task's examples (bpb: bytes); without it each task uses its ``default_limit``.
     Results go to eval.json under the task's name; bpb on anything but the run's own
-    validation split goes under a key that says what it scored ("bpb/test", "bpb@PATH").
+    validation split goes under a key that says what it scored ("bpb/test", "bpb@PATH");
+    ``save=False`` writes nothing.
     """
     from kennethlm_core.checkpoint import atomic_write_json
     from kennethlm_core.data import SPLITS
@@ -625,6 +627,8 @@ def run_tasks(
         res = task.evaluate(lm, data=paths[name], limit=limit).to_json()
         res["seconds"] = round(time.perf_counter() - t0, 2)
         results[keys[name]] = res
+        if not save:  # the caller keeps the result its own way
+            continue
         existing = json.loads(path.read_text()) if path.exists() else {}
         atomic_write_json(path, {**existing, keys[name]: res})
     return results

@@ -637,14 +637,11 @@ def secondary_result(
     if cached and cached.get("source") == sec.source():
         return cached
     say(f"{run}: scoring {sec.task} (secondary metric, {sec.limit} examples)")
-    result = run_tasks(run, [sec.task], data=sec.data, limit=sec.limit, registry=registry)
+    result = run_tasks(
+        run, [sec.task], data=sec.data, limit=sec.limit, registry=registry, save=False
+    )
     result = {**result[sec.task], "source": sec.source()}
-    after = json.loads(path.read_text())
-    if sec.task in before:
-        after[sec.task] = before[sec.task]
-    else:
-        after.pop(sec.task, None)
-    atomic_write_json(path, {**after, sec.key: result})
+    atomic_write_json(path, {**before, sec.key: result})
     return result
 
 
