@@ -87,7 +87,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         saved = field_names()
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in saved}
-        d.update(sorted(self.options.items()))
+        d.update((k, v) for k, v in sorted(self.options.items()) if k not in d)  # core wins
         return d
 
     @classmethod

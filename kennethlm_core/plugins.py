@@ -5,6 +5,13 @@ any plugin. Plugins are found through the ``kennethlm`` entry-point group. A plu
 to import, or whose hook raises, is reported (a warning, and a "broken" row in
 ``klm list-plugins``) and everything else keeps working, unless ``KLM_STRICT_PLUGINS=1``.
 ``KLM_DISABLE_PLUGINS=a,b`` skips plugins by entry-point or distribution name.
+
+A component's options share one namespace with the core settings (``--set KEY=VALUE``,
+config.json), so a plugin may not declare an option that is a core setting (``lr``,
+``steps``), nor one that a component of another distribution declares where the two can be
+in the same run (another slot, or two tweaks). Such a plugin is refused when it loads, like
+a broken one, naming both distributions. Components of one slot other than tweaks never run
+together, so they may share an option: every MLP has its ``mlp_ratio``.
 """
 
 from __future__ import annotations
@@ -126,9 +133,39 @@ class Registry:
             self.pm.unregister(module)
             self._report_broken(name, distribution, version, e)
             return False
+        clash = next(filter(None, (self._option_clash(c) for c in pending)), None)
+        if clash:
+            self.pm.unregister(module)
+            self._report_broken(name, distribution, version, clash)
+            return False
         for comp in pending:
             self._add_component(comp)
         return True
+
+    def _option_clash(self, comp: Component) -> str | None:
+        """Why comp's options cannot share a run's settings with the rest, or None."""
+        from kennethlm_core.config import field_names
+
+        core = field_names()
+        for key in comp.options:
+            if key in core:
+                return (
+                    f"{comp.slot} '{comp.name}' ({comp.distribution}) declares option '{key}', "
+                    f"which is a core setting of {BUILTIN}; rename the option"
+                )
+            for other in self.all():
+                if (
+                    key in other.options
+                    and other.distribution != comp.distribution
+                    and (other.slot != comp.slot or comp.slot == "tweak")
+                ):
+                    return (
+                        f"{comp.slot} '{comp.name}' ({comp.distribution}) declares option "
+                        f"'{key}', already declared by {other.slot} '{other.name}' "
+                        f"({other.distribution}); rename one, or skip one with "
+                        f"KLM_DISABLE_PLUGINS={comp.plugin}"
+                    )
+        return None
 
     def _impls(self, hook_name: str, module: Any) -> list:
         caller = getattr(self.pm.hook, hook_name)
@@ -180,8 +217,9 @@ class Registry:
             raise _duplicate(comp, other)
         self.components[comp.slot][comp.name] = comp
 
-    def _report_broken(self, plugin: str, distribution: str, version: str, error: Exception):
-        message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    def _report_broken(self, plugin: str, distribution: str, version: str, error: Exception | str):
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        message = text.strip().splitlines()[0]
         if self.strict:
             raise KLMError(
                 f"plugin '{plugin}' ({distribution}) failed to load: {message} "

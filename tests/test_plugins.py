@@ -211,3 +211,85 @@ def test_help_imports_neither_torch_nor_plugins(site):
     proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "imported: []" in proc.stdout
+
+
+GREEDY = """
+    from kennethlm_core import hookimpl
+
+    @hookimpl
+    def klm_register_posemb(register):
+        from kennethlm_core.builtin.layers import LearnedPositions
+        register("greedy", LearnedPositions, "learned positions that want the run's settings",
+                 options={"lr": 0.5, "steps": 3})
+"""
+
+
+def test_a_plugin_declaring_a_core_setting_is_refused_and_the_users_settings_win(site, tmp_path):
+    """The issue's throwaway posemb: options={"lr": 0.5, "steps": 3} once turned
+    --lr 1e-3 --steps 600 into lr 0.5 and 3 steps. Now the plugin is refused when plugins
+    load (one line naming it and the core), and the run trains with what it was given."""
+    make_dist(site, "klm-fake-greedy", {"klm_fake_greedy": GREEDY}, {"greedy": "klm_fake_greedy"})
+    out = tmp_path / "run"
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16"]
+    proc = subprocess.run(
+        [PYTHON, "-m", "kennethlm_core", "run", *tiny, "--batch-size", "2", "--lr", "1e-3"]
+        + ["--steps", "4", "--eval-every", "4", "--set", "final_eval_bytes=512", "-q"]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "klm-fake-greedy" in line]
+    assert len(warned) == 1, proc.stderr
+    assert "option 'lr'" in warned[0] and "core setting of kennethlm" in warned[0]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["lr"], config["steps"]) == (1e-3, 4)
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+
+
+def _plugin(slot: str, name: str, options: dict):
+    plugin = types.ModuleType(f"p_{name}")
+    from kennethlm_core.builtin.layers import LearnedPositions
+
+    def hook(register):
+        register(name, LearnedPositions, options=options)
+
+    setattr(plugin, f"klm_register_{slot}", hookimpl(hook))
+    return plugin
+
+
+def test_an_option_of_another_distributions_component_is_refused_naming_both():
+    reg = Registry(entry_points=False)
+    assert reg.add_plugin(_plugin("attention", "wide", {"width": 8}), "wide", "klm-a")
+    with pytest.warns(PluginWarning) as caught:
+        assert not reg.add_plugin(_plugin("tweak", "narrow", {"width": 2}), "narrow", "klm-b")
+    (message,) = [str(w.message) for w in caught]
+    assert "option 'width'" in message
+    assert "(klm-b)" in message and "attention 'wide' (klm-a)" in message
+    assert "narrow" not in reg.names("tweak")  # refused whole
+    assert reg.get("attention", "wide").options == {"width": 8}  # the first stays
+    assert reg.broken[0].plugin == "narrow"
+
+
+def test_components_that_never_share_a_run_may_share_an_option():
+    """One mlp per run, so every MLP may have its mlp_ratio (the built-in gelu has one);
+    two tweaks can be in one run, so they may not share one."""
+    reg = Registry(entry_points=False)
+    assert "mlp_ratio" in reg.get("mlp", "gelu").options
+    assert reg.add_plugin(_plugin("mlp", "wider", {"mlp_ratio": 6.0}), "wider", "klm-c")
+    assert reg.add_plugin(_plugin("tweak", "one", {"strength": 1.0}), "one", "klm-d")
+    with pytest.warns(PluginWarning, match="option 'strength'.*tweak 'one' \\(klm-d\\)"):
+        assert not reg.add_plugin(_plugin("tweak", "two", {"strength": 2.0}), "two", "klm-e")
+
+
+def test_no_installed_plugin_is_refused_for_its_options():
+    reg = Registry()
+    assert not [b for b in reg.broken if "declares option" in b.error], reg.broken
+
+
+def test_an_option_never_overwrites_a_core_field_in_the_saved_configuration():
+    from kennethlm_core.config import RunConfig
+
+    cfg = RunConfig(lr=1e-3)
+    cfg.options = {"lr": 0.5, "window": 4}
+    assert cfg.to_dict()["lr"] == 1e-3 and cfg.to_dict()["window"] == 4
