@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from kennethlm_core import logs
 from kennethlm_core.errors import KLMError
 from kennethlm_core.experiment import ALPHA, MIN_EFFECT, STANDARD_STEPS
 
@@ -61,8 +62,14 @@ def _registry(ctx: click.Context | None = None):
     metavar="NAME",
     help="Skip a plugin (entry-point or distribution name); repeatable.",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show the log messages of libraries (datasets, huggingface_hub, torch) as they come.",
+)
 @click.version_option(package_name="kennethlm", prog_name="klm")
-def cli(disable_plugin):
+def cli(disable_plugin, verbose):
     """KennethLM: a nanoGPT for experiments, every idea a plugin, every result in bits per byte.
 
     \b
@@ -74,6 +81,7 @@ def cli(disable_plugin):
 
     Plugins may add commands; `klm list-plugins` lists them.
     """
+    logs.show(verbose)
 
 
 # -- klm run ---------------------------------------------------------------------------------
@@ -1181,6 +1189,7 @@ def main(argv: list[str] | None = None) -> None:
     global _argv
     _argv = list(sys.argv[1:] if argv is None else argv)
     warnings.showwarning = _showwarning
+    logs.hold()  # a library's log line must not come before klm's one line
     try:
         cli.main(args=argv, prog_name="klm", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -1212,4 +1221,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"klm: error: {message}", file=sys.stderr)
         sys.exit(2)
     flush_warnings()
+    if logs.summary():
+        print(f"klm: note: {logs.summary()}", file=sys.stderr)
     sys.exit(0)

@@ -27,7 +27,7 @@ from typing import Any
 
 import pluggy
 
-from kennethlm_core import hookspecs
+from kennethlm_core import hookspecs, logs
 from kennethlm_core.errors import KLMError, UnknownComponent
 from kennethlm_core.hookspecs import PROJECT, SLOTS
 
@@ -309,6 +309,7 @@ def get_registry(disabled: Iterable[str] = ()) -> Registry:
     key = (tuple(sorted({*env_disabled(), *disabled})), env_strict())
     if key not in _cache:
         _cache[key] = Registry(disabled=key[0], strict=key[1])
+        logs.quiet_loaded()  # torch and what plugins imported: their logs go through klm's
     return _cache[key]
 
 

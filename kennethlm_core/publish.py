@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from kennethlm_core import logs
 from kennethlm_core.components import Corpus
 from kennethlm_core.data import SPLIT_VERSION, Plan, build_corpus, plan_split, unit_hash
 from kennethlm_core.errors import ConfigError, DataError, KLMError
@@ -508,6 +509,8 @@ def push_to_hub(out: Path, repo: str, split: str) -> str:
     """Upload the export ``out`` to the hub dataset ``repo`` (created if need be), replacing
     its README.md and its parquet files of ``split``; returns the dataset's address."""
     import huggingface_hub
+
+    logs.quiet("huggingface_hub")
 
     later = (
         f"the dataset folder {out} is written; push it later with: "

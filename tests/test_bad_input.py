@@ -1,6 +1,7 @@
-"""Bad input, one table: every case runs the `klm` command line and must give exactly one line
-on stderr naming the problem and the fix, exit code 2, no traceback, and leave every file of
-the user (the run folder, the corpus, the experiment) exactly as it was.
+"""Bad input, one table: every case runs `klm` in a process of its own (where a library's
+logger or handler would show) and must give exactly one line on stderr naming the problem and
+the fix, exit code 2, no traceback, and leave every file of the user (the run folder, the
+corpus, the experiment) exactly as it was.
 
 Each case is ``(prepare, args, needles)``: ``prepare(case_dir, run)`` writes what the case
 needs into ``case_dir`` (a copy of a trained run, a broken corpus, ...) and returns values
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import shutil
-import sys
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest
 
 from kennethlm_core.cli import main
 
-from .conftest import assert_one_line_error
+from .conftest import PYTHON, assert_one_line_error
 from .test_plugins import make_dist
 
 RUN_ARGS = [
@@ -292,17 +294,15 @@ CASES |= {
 
 @pytest.fixture(scope="module")
 def broken_plugins(tmp_path_factory):
-    from kennethlm_core.plugins import reset_registry
-
-    site = tmp_path_factory.mktemp("site")
+    """Each broken plugin installed in a folder of its own, which its case puts on PYTHONPATH
+    (with all of them there, every other case would rightly warn about the broken ones)."""
+    sites = {}
     for dist, (entry, source) in PLUGINS.items():
-        module = dist.replace("-", "_")
-        make_dist(site, dist, {module: source}, {entry: module})
-    sys.path.insert(0, str(site))
-    reset_registry()
-    yield
-    sys.path.remove(str(site))
-    reset_registry()
+        sites[dist] = tmp_path_factory.mktemp(dist)
+        make_dist(
+            sites[dist], dist, {dist.replace("-", "_"): source}, {entry: dist.replace("-", "_")}
+        )
+    return sites
 
 
 def snapshot(*roots: Path) -> dict[str, tuple[int, str]]:
@@ -315,17 +315,43 @@ def snapshot(*roots: Path) -> dict[str, tuple[int, str]]:
     return files
 
 
+def klm_process(*args, cwd: Path, site: Path | None = None) -> tuple[int, str, str]:
+    """klm in a process of its own, offline, as a user starts it: whatever a library's
+    logger or a warning prints lands on the real stderr, where the one-line contract holds."""
+    path = [str(site)] if site else []
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([*path, os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [PYTHON, "-m", "kennethlm_core", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+PLUGIN_CASES = {  # the case -> the plugin it installs
+    "a plugin that fails to import": "klm-attention-fragile",
+    "a plugin that raises when built": "klm-attention-boom",
+    "context longer than a posemb allows": "klm-posemb-short",
+}
+
+
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_bad_input(case, run, broken_plugins, tmp_path, klm, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.chdir(tmp_path)  # a default runs/ folder would land here
+def test_bad_input(case, run, broken_plugins, tmp_path):
     prepare, args, needles = CASES[case]
     (tmp_path / "case").mkdir()
     values = prepare(tmp_path / "case", run)
     args = [a.format(**values) for a in args]
     before = snapshot(tmp_path, run)
-    code, out, err = klm(*args)
+    site = broken_plugins[PLUGIN_CASES[case]] if case in PLUGIN_CASES else None
+    code, out, err = klm_process(*args, cwd=tmp_path, site=site)  # cwd: a default runs/ lands here
     assert_one_line_error(code, err, *needles)
     assert snapshot(tmp_path, run) == before  # nothing written, nothing overwritten
     assert not MARKER.exists()  # no pickle was ever loaded

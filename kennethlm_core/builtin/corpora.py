@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kennethlm_core import logs
 from kennethlm_core.components import Corpus, Document
 from kennethlm_core.errors import DataError
 
@@ -66,6 +67,7 @@ def _quiet_datasets():
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     huggingface_hub.utils.logging.set_verbosity_error()  # no retry chatter when offline
+    logs.quiet("datasets", "huggingface_hub")  # their errors too, before klm's one line
     return datasets
 
 
