@@ -84,6 +84,12 @@ def losses(run: Path) -> list[tuple]:
     return [(r["step"], r["lr"], r["train_loss"], r["val_bpb"]) for r in read_metrics(run)]
 
 
+def finished(run: Path, args: list[str]) -> bool:
+    """The run ended, at the step its budget asked for."""
+    summary = json.loads((run / "summary.json").read_text())
+    return summary["steps"] == int(args[args.index("--steps") + 1])
+
+
 def kill_loop(
     folder: Path,
     kills: int,
@@ -119,11 +125,12 @@ def kill_loop(
         before = (run / CHECKPOINT).stat().st_mtime_ns if (run / CHECKPOINT).exists() else None
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         figures["resumes"] += resume
+        start = last_step  # a resume must go on from here
         if attempt == kills:
             err = proc.communicate()[1].decode()
             if proc.returncode != 0:
                 raise RuntimeError(f"the last resume failed: {err[-2000:]}")
-            figures["resumes_ok"] += resume
+            figures["resumes_ok"] += resume and finished(run, args)
             break
         # wait for this process to write a checkpoint of its own, then kill at a random moment
         while proc.poll() is None:
@@ -136,7 +143,7 @@ def kill_loop(
             figures["finished_before_kill"] += 1
             if proc.returncode != 0:
                 raise RuntimeError(f"run failed: {proc.stderr.read().decode()[-2000:]}")
-            figures["resumes_ok"] += resume
+            figures["resumes_ok"] += resume and finished(run, args)
             for name in ("summary.json", "model.safetensors"):
                 (run / name).unlink(missing_ok=True)
             continue
@@ -144,7 +151,6 @@ def kill_loop(
         proc.wait()
         proc.stderr.close()
         figures["kills"] += 1
-        figures["resumes_ok"] += resume  # it trained past its start before the kill
         in_write = any(run.glob(f".{CHECKPOINT}.*.tmp"))
         figures["kills_during_write"] += in_write
         try:
@@ -156,6 +162,8 @@ def kill_loop(
             figures["checkpoints_lost"] += 1
         else:
             last_step = step
+        # a resume worked when it wrote a loadable checkpoint beyond the one it started from
+        figures["resumes_ok"] += resume and step is not None and step > (start or 0)
         log(
             f"kill {figures['kills']}: checkpoint at step {step}"
             + (" (killed during a checkpoint write)" if in_write else "")

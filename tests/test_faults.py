@@ -33,9 +33,9 @@ def killed(tmp_path_factory):
 def test_sigkill_at_random_moments_loses_no_checkpoint(killed):
     folder, figures = killed
     assert figures["checkpoints_lost"] == 0, figures
-    assert figures["kills"] + figures["finished_before_kill"] == KILLS
     assert figures["kills"] >= 1
-    assert figures["resumes_ok"] == figures["resumes"] == KILLS  # every resume trained on
+    # every resume trained on from its checkpoint: beyond it when killed, to the end otherwise
+    assert figures["resumes_ok"] == figures["resumes"] == KILLS
     # the run killed and resumed again and again ends exactly as the one never killed
     assert figures["same_losses_as_uninterrupted"], figures
     assert figures["final_val_bpb"] == figures["final_val_bpb_uninterrupted"]

@@ -70,9 +70,14 @@ def test_run_folder_has_the_designed_files(tmp_path, registry):
     assert saved["n_embd"] == 32 and saved["mlp_ratio"] == 4.0  # flat, with plugin options
 
 
-def test_stopped_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, registry):
+@pytest.mark.parametrize("eval_every", [10, 15], ids=["at-an-eval", "between-evals"])
+def test_stopped_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, registry, eval_every):
+    """Stopped at step 20: with evaluations every 10 steps it checkpoints where it evaluated;
+    every 15, it stops between two (the last metrics row is step 15) and must still resume
+    exactly: the schedule, the data order and the RNGs at step 20, not 15."""
     # dropout: the torch RNG must resume too; a mix: the domain draws too
     cfg = tiny_config(registry, steps=40, dropout=0.1, mix="news=2,legal=1,fiction=1")
+    cfg.eval_every = eval_every
     train(cfg, tmp_path / "straight", registry=registry)
 
     def interrupt_at_20(clock, *rest):
@@ -81,7 +86,7 @@ def test_stopped_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, regist
 
     with pytest.raises(Interrupted, match="klm run --resume"):
         train(cfg, tmp_path / "stopped", registry=registry, progress=interrupt_at_20)
-    assert read_metrics(tmp_path / "stopped")[-1]["step"] == 20
+    assert read_metrics(tmp_path / "stopped")[-1]["step"] == 20 // eval_every * eval_every
     summary = train(cfg, tmp_path / "stopped", registry=registry, resume=True)
     assert losses(tmp_path / "stopped") == losses(tmp_path / "straight")
     straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
@@ -138,7 +143,7 @@ def test_non_finite_loss_stops_with_advice_and_keeps_the_checkpoint(tmp_path):
     cfg = tiny_config(reg, model="exploding")
     with pytest.raises(
         NonFiniteLoss,
-        match=r"non-finite by step 20; the last good checkpoint "
+        match=r"non-finite by step 15; the last good checkpoint "
         r"\(step 10\).*lower --lr",
     ):
         train(cfg, tmp_path / "x", registry=reg, progress=lambda *a: None)
