@@ -137,6 +137,52 @@ def test_a_write_waits_for_the_lock_and_gives_up_in_one_line(copy, monkeypatch):
     assert append_experiment(entry(), path)  # the holder is gone: the lock is free
 
 
+RECORDER = """
+import sys
+from pathlib import Path
+from kennethlm_core.registry import append_experiment, ledger_entry, ledger_lock, render_readme_file
+sys.path.insert(0, sys.argv[3])
+from tests.test_registry import summary
+
+path, start = Path(sys.argv[1]), int(sys.argv[2])
+for i in range(start, start + 1000):  # what klm compare --record does: append, then render
+    entry = ledger_entry(summary()) | {"name": f"kill-{i}", "baseline_values": [float(i)]}
+    with ledger_lock(path):
+        append_experiment(entry, path)
+        render_readme_file(path.parent / "README.md", path)
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_while_recording_loses_no_entry(copy):
+    """A process recording entry after entry (append and README render under the lock) is
+    SIGKILLed at random moments: every entry it finished is in a ledger that still parses,
+    the README still renders from it, and the lock is free for the next process."""
+    import random
+
+    path, rng, done = copy / "registry.toml", random.Random(3), []
+    before = len(tomllib.loads(path.read_text()).get("experiments", []))
+    for _ in range(4):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RECORDER, str(path), str(len(done)), str(REPO)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        done.append(int(proc.stdout.readline()))  # at least one entry per process
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.kill()
+        out, _ = proc.communicate()
+        done += [int(line) for line in out.split()]
+        doc = tomllib.loads(path.read_text())  # parses: no torn write
+        names = [e["name"] for e in doc["experiments"][before:]]
+        assert len(set(names)) == len(names)  # none twice
+        assert names[: len(done)] == [f"kill-{i}" for i in done]  # none lost, in order
+        assert len(names) - len(done) <= 1  # at most the one killed before it said so
+        render_readme((copy / "README.md").read_text(), doc)  # the README is whole too
+        done = list(range(len(names)))  # the next process goes on after the last that landed
+    assert append_experiment(entry(), path)  # the lock is not held by a dead process
+
+
 # -- schema versions -------------------------------------------------------------------------
 
 
