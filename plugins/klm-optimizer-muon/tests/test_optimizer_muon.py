@@ -109,6 +109,43 @@ def test_adamw_groups_match_torch_adamw():
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+def test_a_stack_of_matrices_is_orthogonalised_each_on_its_own():
+    """The batched Newton-Schulz (one matrix product per step for every matrix of a shape)
+    gives what each matrix gives alone, to float32 rounding."""
+    torch.manual_seed(0)
+    for shape in ((4, 32, 96), (3, 128, 32)):
+        g = torch.randn(*shape)
+        one_by_one = torch.stack([klm_optimizer_muon.orthogonalise(m) for m in g])
+        torch.testing.assert_close(klm_optimizer_muon.orthogonalise(g), one_by_one)
+
+
+def test_hidden_matrices_move_as_torch_optim_muon_moves_them():
+    """torch.optim.Muon on the same matrices, steps and hyper-parameters. Its momentum is an
+    average (buf <- mu buf + (1 - mu) g) where ours is a sum (buf <- mu buf + g): (1 - mu)
+    times ours, the same direction, which the normalisation before Newton-Schulz removes.
+    It iterates in bfloat16, so the updates agree to bfloat16 precision."""
+    torch.manual_seed(0)
+    ours_params = [torch.nn.Parameter(torch.randn(*s)) for s in ((32, 96), (32, 96), (128, 32))]
+    ref_params = [torch.nn.Parameter(p.detach().clone()) for p in ours_params]
+    hyper = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True, ns_steps=5)
+    ours = klm_optimizer_muon.Muon(
+        [{"params": ours_params, "muon": True}], betas=(0.9, 0.99), eps=1e-8, **hyper
+    )
+    reference = torch.optim.Muon(ref_params, adjust_lr_fn="original", **hyper)
+    start = [p.detach().clone() for p in ours_params]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in ours_params]
+        for a, b, g in zip(ours_params, ref_params, grads, strict=True):
+            a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        reference.step()
+    for a, b, s in zip(ours_params, ref_params, start, strict=True):
+        moved_ours, moved_ref = (a - s).flatten(), (b - s).flatten()
+        cosine = torch.nn.functional.cosine_similarity(moved_ours, moved_ref, dim=0)
+        assert cosine > 0.9995, cosine
+        assert abs(moved_ours.norm() / moved_ref.norm() - 1) < 0.005
+
+
 def test_checkpoint_round_trip_keeps_the_momentum(tmp_path):
     _, model, optimizer = setup(seed=1)
     for s in range(3):
