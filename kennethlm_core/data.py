@@ -16,6 +16,9 @@
    them. Building streams: chunks are encoded in batches (``Tokenizer.encode_batch``; the
    tokenizers-library ones use every core) and appended to a file, which is then copied into
    the three split arrays. Neither the text nor its tokens are ever held in memory whole.
+   Processes that need the same cache entry (or tokenizer) build it once: the first holds a
+   file lock while it builds, the others wait and reuse it (``build_once``). A corpus that
+   changes while it is being read is refused, and nothing of it is cached.
 5. Training windows are drawn domain first, by the weights of the mix (``--mix``; by default
    each domain's share of the training tokens), then at a uniform offset in that domain.
 """
@@ -28,6 +31,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,71 @@ START, END, DOMAIN, BYTES, DOC, DOC_START = range(6)
 
 def cache_root() -> Path:
     return Path(os.environ.get("KLM_CACHE") or Path.home() / ".cache" / "kennethlm")
+
+
+@contextmanager
+def build_lock(path: Path, log: Callable[[str], None] = lambda msg: None) -> Iterator[None]:
+    """Hold the lock for building ``path`` (``<path>.lock`` beside it), saying so when another
+    process holds it. It is an OS lock (flock): it goes when its process dies, so a builder
+    that was killed never blocks the next one. The wait has no limit, since the holder is
+    busy building: a large corpus can take longer than any fixed timeout."""
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.with_name(path.name + ".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"waiting for another process that is preparing {path} (lock {lock.lock_file})")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def build_once(
+    path: Path,
+    built: Callable[[], bool],
+    build: Callable[[], None],
+    log: Callable[[str], None] = lambda msg: None,
+) -> bool:
+    """Run ``build`` for ``path`` unless ``built()`` says it is there; True when it was.
+
+    Parallel processes needing the same thing (runs of a comparison, ranks of a job) would
+    otherwise each build it; here the first builds it under ``build_lock`` and the others, once
+    the lock is theirs, find it built and reuse it. ``build`` must publish atomically.
+    """
+    if built():
+        return True
+    with build_lock(path, log):
+        if built():  # built by the process this one waited for
+            return True
+        build()
+    return False
+
+
+def _corpus_changed(corpus: Corpus) -> DataError:
+    return DataError(
+        f"corpus '{corpus.name}' changed while it was being prepared, so nothing was cached; "
+        "run again once nothing is writing to it"
+    )
+
+
+def _check_unchanged(corpus: Corpus, fingerprint: str) -> None:
+    """Refuse to cache what was read from ``corpus`` if its files changed since
+    ``fingerprint`` was taken: the entry would be keyed by the old files, and hold the new."""
+    if corpus.fingerprint() != fingerprint:
+        raise _corpus_changed(corpus)
+
+
+def _absorb(digest, text: str) -> int:
+    """Add a chunk to ``digest``, the running hash of a pass's text; returns its UTF-8 bytes.
+    Lengths go in too, so that text moved from one chunk to the next changes the hash."""
+    data = text.encode("utf-8")
+    digest.update(len(data).to_bytes(8, "little"))
+    digest.update(data)
+    return len(data)
 
 
 def chunk(doc: Document) -> Iterator[Document]:
@@ -101,6 +170,7 @@ class Plan:
     chunk_hash: np.ndarray
     tok_sample: np.ndarray  # chunk positions used to train the tokenizer
     notes: list[str] = field(default_factory=list)  # domains too small for every split
+    digest: str = ""  # a hash of the text the survey read; later passes must read the same
 
     @property
     def n_chunks(self) -> int:
@@ -152,12 +222,13 @@ def survey(corpus: Corpus) -> Plan:
     train (``plan_split`` assigns the splits)."""
     domains: dict[str, int] = {}
     doc_domain, doc_hash, doc_chunks, chunk_bytes, chunk_hash = [], [], [], [], []
+    digest = hashlib.blake2b(digest_size=16)
     for doc in corpus.documents():
         doc_domain.append(domains.setdefault(doc.domain, len(domains)))
         doc_hash.append(unit_hash(doc.id))
         n = 0
         for c in chunk(doc):
-            chunk_bytes.append(len(c.text.encode("utf-8")))
+            chunk_bytes.append(_absorb(digest, c.text))
             chunk_hash.append(unit_hash(c.id, salt="slice"))
             n += 1
         doc_chunks.append(n)
@@ -174,6 +245,7 @@ def survey(corpus: Corpus) -> Plan:
         np.array(chunk_bytes, dtype=np.int64),
         np.array(chunk_hash),
         np.zeros(0, dtype=np.int64),
+        digest=digest.hexdigest(),
     )
 
 
@@ -307,11 +379,13 @@ def prepare_data(
     possible.
 
     Without ``tokenizer`` the run's tokenizer is trained on the training split (or taken from
-    the cache); with one (a resumed run, an evaluation) it is used as it is.
+    the cache); with one (a resumed run, an evaluation) it is used as it is. Parallel calls
+    for the same data train and tokenize once (``build_once``).
     """
     corpus = build_corpus(cfg, registry)
+    fingerprint = corpus.fingerprint()
     fractions = (cfg.val_fraction, cfg.test_fraction)
-    split_key = _key(FORMAT, corpus.fingerprint(), *fractions, CHUNK_CHARS)
+    split_key = _key(FORMAT, fingerprint, *fractions, CHUNK_CHARS)
     plan: Plan | None = None
 
     def get_plan() -> Plan:
@@ -332,28 +406,32 @@ def prepare_data(
             / "tokenizers"
             / (_key(split_key, *recipe, cfg.tokenizer_train_bytes) + ".json")
         )
-        if tok_file.exists():
-            tokenizer.restore(tok_file.read_text(encoding="utf-8"))
-        else:
+
+        def train() -> None:
             p = get_plan()
             sample = _mb(p.chunk_bytes[p.tok_sample].sum())
             log(f"training the {tokenizer.name} tokenizer on {sample}")
             wanted = np.zeros(p.n_chunks, dtype=bool)
             wanted[p.tok_sample] = True
             tokenizer.train(c.text for i, c in enumerate(chunks_of(corpus)) if wanted[i])
-            tok_file.parent.mkdir(parents=True, exist_ok=True)
+            _check_unchanged(corpus, fingerprint)
             from kennethlm_core.checkpoint import atomic_write_text
 
             atomic_write_text(tok_file, tokenizer.to_json())
 
+        if build_once(tok_file, tok_file.exists, train, log):
+            tokenizer.restore(tok_file.read_text(encoding="utf-8"))
+
     directory = cache_root() / "tokens" / _key(split_key, tokenizer.fingerprint())
-    reused = (directory / "meta.json").exists()
-    if reused:
-        log(f"reusing the token cache {directory}")
-    else:
+
+    def tokenize() -> None:
         p = get_plan()
         log(f"tokenizing {corpus.name} ({_mb(p.chunk_bytes.sum())}) with {tokenizer.name}")
-        _build_cache(directory, corpus, p, tokenizer)
+        _build_cache(directory, corpus, fingerprint, p, tokenizer)
+
+    reused = build_once(directory, (directory / "meta.json").exists, tokenize, log)
+    if reused:
+        log(f"reusing the token cache {directory}")
     meta = json.loads((directory / "meta.json").read_text())
     splits = [TokenSplit.load(directory, name, meta["domains"]) for name in SPLITS]
     return PreparedData(tokenizer, *splits, directory, reused, meta)
@@ -369,14 +447,18 @@ def prepare_text(
     """Every document of corpus ``spec`` (a path or a corpus name), tokenized whole with
     ``tokenizer``, in corpus order: the text ``klm eval --data`` scores. Cached like a split."""
     corpus = build_corpus(cfg.replace(corpus=spec), registry)
-    key = _key(FORMAT, "all", corpus.fingerprint(), CHUNK_CHARS, tokenizer.fingerprint())
+    fingerprint = corpus.fingerprint()
+    key = _key(FORMAT, "all", fingerprint, CHUNK_CHARS, tokenizer.fingerprint())
     directory = cache_root() / "tokens" / key
-    if (directory / "meta.json").exists():
-        log(f"reusing the token cache {directory}")
-    else:
+
+    def tokenize() -> None:
         plan = survey(corpus)
         log(f"tokenizing {corpus.name} ({_mb(plan.chunk_bytes.sum())}) with {tokenizer.name}")
-        _build_cache(directory, corpus, plan, tokenizer, layout={"all": _corpus_order})
+        layout = {"all": _corpus_order}
+        _build_cache(directory, corpus, fingerprint, plan, tokenizer, layout)
+
+    if build_once(directory, (directory / "meta.json").exists, tokenize, log):
+        log(f"reusing the token cache {directory}")
     meta = json.loads((directory / "meta.json").read_text())
     return TokenSplit.load(directory, "all", meta["domains"])
 
@@ -391,9 +473,15 @@ def _split_layout(name: str) -> Callable[[Plan], tuple[np.ndarray, np.ndarray]]:
 
 
 def _build_cache(
-    directory: Path, corpus: Corpus, plan: Plan, tok: Tokenizer, layout: dict | None = None
+    directory: Path,
+    corpus: Corpus,
+    fingerprint: str,
+    plan: Plan,
+    tok: Tokenizer,
+    layout: dict | None = None,
 ) -> None:
-    """Encode every chunk once, then lay out each split; publish the folder atomically.
+    """Encode every chunk once, then lay out each split; publish the folder atomically, unless
+    the corpus read differs from the plan's or its files from ``fingerprint`` (the key's).
 
     ``layout`` maps a split name to (its documents in layout order, its chunks in row order);
     by default the three splits of ``plan``.
@@ -418,7 +506,7 @@ def _build_cache(
             "format": FORMAT,
             "split_version": SPLIT_VERSION,
             "corpus": corpus.name,
-            "corpus_fingerprint": corpus.fingerprint(),
+            "corpus_fingerprint": fingerprint,
             "tokenizer": tok.name,
             "tokenizer_fingerprint": tok.fingerprint(),
             "vocab_size": tok.vocab_size,
@@ -429,6 +517,7 @@ def _build_cache(
             **counts,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        _check_unchanged(corpus, fingerprint)
         os.rename(tmp, directory)
     except OSError:
         if not (directory / "meta.json").exists():  # someone else finished first: fine
@@ -441,22 +530,27 @@ def _encode_chunks(corpus: Corpus, tok: Tokenizer, path: Path, dtype, plan: Plan
     """Append every chunk, in corpus order, to ``path``: a document's first chunk as
     [document token, *ids], the others as [*ids]. Returns the tokens per chunk.
 
-    Text goes to the tokenizer in batches of about BATCH_CHARS.
+    Text goes to the tokenizer in batches of about BATCH_CHARS. The text must be the text
+    the plan was made from (same chunks, same hash): otherwise the rows' byte counts and
+    splits would describe another text than the tokens hold.
     """
     lengths = []
-    first = np.zeros(plan.n_chunks + 1, dtype=bool)
+    first = np.zeros(plan.n_chunks, dtype=bool)
     first[plan.first_chunk] = True
     doc = np.array([tok.doc_id], dtype=dtype).tobytes()
+    digest = hashlib.blake2b(digest_size=16)
     with open(path, "wb") as f:
         for texts in _text_batches(chunks_of(corpus)):
+            if len(lengths) + len(texts) > plan.n_chunks:
+                raise _corpus_changed(corpus)
+            for text in texts:
+                _absorb(digest, text)
             for ids in tok.encode_batch(texts):
                 head = first[len(lengths)]
                 f.write((doc if head else b"") + np.asarray(ids, dtype=dtype).tobytes())
                 lengths.append(len(ids) + head)
-    if len(lengths) != plan.n_chunks:
-        raise DataError(
-            f"corpus '{corpus.name}' changed while it was being read; run again when it is still"
-        )
+    if len(lengths) != plan.n_chunks or digest.hexdigest() != plan.digest:
+        raise _corpus_changed(corpus)
     return np.array(lengths, dtype=np.int64)
 
 

@@ -167,15 +167,16 @@ def _utf8_rows(batches: Iterator[dict], path: Path) -> Iterator[dict]:
 class HubCorpus(Corpus):
     """A Hugging Face hub dataset with one config per source, read through ``datasets``.
 
-    The first pass streams each source (at most ``max_bytes`` of text from each, 0: all) into
-    a local snapshot, parquet files of ``id, text, domain, source, license`` under
-    ``$KLM_CACHE/hub/``, one per source; every later pass and run reads the snapshot. (A
-    snapshot written before ``source`` and ``license`` were kept has only the first three: its
-    documents take their source from the file's name and have no licence.) A document's
-    domain is the row's own label (a ``domain`` column, or ``metadata.domain``), else
-    ``domains[source]``, else the source's name; labels are lower-cased ("Wiki & Books" is
-    "books", "Social Media" is "social"); its source is the config's name, its licence the
-    row's ``license`` (or ``metadata.license``) where it has one.
+    The first pass streams each source (at most ``max_bytes`` of text from each, 0: all) into a
+    local snapshot, parquet files of ``id, text, domain, source, license`` under
+    ``$KLM_CACHE/hub/``, one per source; every later pass and run reads the snapshot. Parallel
+    processes download it once (``data.build_once``), and a download that gave no documents is
+    never kept, so the next run tries again. (A snapshot written before ``source`` and
+    ``license`` were kept has only the first three: its documents take their source from the
+    file's name and have no licence.) A document's domain is the row's own label (a ``domain``
+    column, or ``metadata.domain``), else ``domains[source]``, else the source's name; labels
+    are lower-cased ("Wiki & Books" is "books", "Social Media" is "social"); its source is the
+    config's name, its licence the row's ``license`` (or ``metadata.license``) where it has one.
 
     ``path`` reads a local copy of the dataset repository instead of the hub: a folder with
     the repository's README.md (its ``configs:`` list) and data files. ``sources`` picks
@@ -214,11 +215,10 @@ class HubCorpus(Corpus):
     def documents(self) -> Iterator[Document]:
         import pyarrow.parquet as pq
 
-        from kennethlm_core.data import cache_root
+        from kennethlm_core.data import build_once, cache_root
 
         snapshot = cache_root() / "hub" / f"{self.name}-{self.fingerprint()}"
-        if not snapshot.exists():
-            self._download(snapshot)
+        build_once(snapshot, lambda: _snapshot_rows(snapshot) > 0, lambda: self._download(snapshot))
         for file in sorted(snapshot.glob("*.parquet")):
             source = file.stem.split("-", 1)[-1]  # written as NNNN-<source>.parquet
             for batch in pq.ParquetFile(file).iter_batches(batch_size=1000):
@@ -232,7 +232,9 @@ class HubCorpus(Corpus):
                     )
 
     def _download(self, snapshot: Path) -> None:
-        """Stream every chosen source into parquet files, then publish the folder at once."""
+        """Stream every chosen source into parquet files, then publish the folder at once;
+        refuse to publish one without documents (a failed or filtered download), which later
+        runs would otherwise read as the corpus. An empty one kept by an older klm goes."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -249,14 +251,22 @@ class HubCorpus(Corpus):
             raise DataError(
                 f"{self.name} has no source '{unknown[0]}'; its sources: {', '.join(sources)}"
             )
+        chosen = self.sources or sources
         snapshot.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=snapshot.parent))
         try:
-            for i, source in enumerate(self.sources or sources):
+            for i, source in enumerate(chosen):
                 rows = self._stream(datasets, where, source)
                 with pq.ParquetWriter(tmp / f"{i:04d}-{source}.parquet", schema) as writer:
                     for batch in _batched(rows, 1000):
                         writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            if _snapshot_rows(tmp) == 0:
+                raise DataError(
+                    f"the download of {self.name} from {where} gave no documents (sources: "
+                    f"{', '.join(chosen)}; rows without text are skipped), so nothing was "
+                    "cached and the next run downloads it again"
+                )
+            shutil.rmtree(snapshot, ignore_errors=True)
             os.rename(tmp, snapshot)
         except OSError:
             if not snapshot.exists():  # another process published it first: fine
@@ -306,6 +316,13 @@ class HubCorpus(Corpus):
 
 
 DOMAIN_LABELS = {"wiki & books": "books", "social media": "social"}
+
+
+def _snapshot_rows(folder: Path) -> int:
+    """The documents in a snapshot folder (0 when there is none), from the files' footers."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
 
 
 def _row_license(row: dict) -> str:
