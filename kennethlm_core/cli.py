@@ -112,6 +112,12 @@ def run_options(f):
         click.option("--batch-size", type=int, help="Sequences per step."),
         click.option("--lr", type=float, help="Peak learning rate."),
         click.option("--dropout", type=float, help="Dropout probability."),
+        click.option(
+            "--size",
+            type=click.Choice(["auto"]),
+            help="auto: layers, heads and width chosen for the --time budget on this machine "
+            "(measured tokens/s and the project's size rule).",
+        ),
         click.option("--steps", help="Budget: optimizer steps."),
         click.option("--tokens", help="Budget: training tokens (500k, 2M)."),
         click.option(
@@ -239,6 +245,16 @@ def run(ctx, out, resume, force, allow_changes, quiet, nproc, **params):
         out = out or dist.broadcast(_default_out())  # one folder for all processes
     quiet = quiet or not dist.is_main
     console = _console(stderr=True)
+    size = None
+    if cfg.size == "auto" and not resume:  # a resumed run keeps the shape it started with
+        if nproc > 1 or dist.active:
+            raise KLMError("--size auto runs in one process; drop --nproc or give the shape")
+        from kennethlm_core.sizing import auto_size
+
+        preflight(cfg, registry)  # bad settings and folders fail before the probes
+        check_run_dir(out, cfg, force)
+        say = (lambda m: None) if quiet else console.print
+        cfg, size = auto_size(cfg, registry, log=lambda m: say(m) if "auto: " in m else None)
     summary = _train_with_progress(
         cfg,
         out,
@@ -249,6 +265,11 @@ def run(ctx, out, resume, force, allow_changes, quiet, nproc, **params):
         quiet=quiet,
         console=console,
     )
+    if size is not None:  # the choice goes with the run's figures
+        from kennethlm_core.checkpoint import atomic_write_json
+
+        summary["size"] = size.to_dict()
+        atomic_write_json(out / "summary.json", summary)
     if dist.is_main:
         _print_summary(summary, out)
 

@@ -49,6 +49,7 @@ class RunConfig:
     bias: bool = False
     dropout: float = 0.0
     residual: bool = True  # False only to show, in the ladder, what residual connections buy
+    size: str = ""  # "auto": n_layer, n_head, n_embd chosen for the time budget (sizing.py)
     # optimisation
     batch_size: int = 12
     lr: float = 1e-3
@@ -388,6 +389,15 @@ def check_values(cfg: RunConfig) -> None:
             raise ConfigError(message)
 
     need(cfg.n_layer >= 1, f"n_layer must be at least 1, got {cfg.n_layer}")
+    need(
+        cfg.size in ("", "auto"),
+        f"size must be auto (or empty: the shape as given), got {cfg.size!r}",
+    )
+    need(
+        cfg.size != "auto" or cfg.time > 0,
+        "--size auto picks the shape for a time budget: give one with --time (15m), or choose "
+        "the shape yourself (--n-layer, --n-embd, --n-head)",
+    )
     need(cfg.n_head >= 1, f"n_head must be at least 1, got {cfg.n_head}")
     need(cfg.n_embd >= 1, f"n_embd must be at least 1, got {cfg.n_embd}")
     need(
