@@ -5,6 +5,9 @@ previous file intact. Nothing here unpickles: loading a checkpoint never execute
 A run folder holds ``model.safetensors`` (the weights, for eval and sampling) and
 ``checkpoint.safetensors`` (weights, optimizer state, random generators, data position and
 training clock in one file, so they can never disagree), which ``--resume`` reads.
+
+Only finite weights are ever saved: a weight holding NaN or infinity is refused
+(``NonFiniteWeights``) and the file already there is kept.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from kennethlm_core.errors import CheckpointError
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"
+
+
+class NonFiniteWeights(CheckpointError):
+    """A weight holds NaN or infinity: the save was refused and the file there is kept."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -103,8 +110,19 @@ def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source:
     model.load_state_dict(tensors, strict=False)
 
 
+def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse to save ``state`` to ``path`` when a floating-point tensor is not finite."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteWeights(
+                f"{name} holds NaN or infinite values; {Path(path).name} was not written"
+            )
+
+
 def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    atomic_write_bytes(path, save(unique_state(model)))
+    state = unique_state(model)
+    check_finite(state, path)
+    atomic_write_bytes(path, save(state))
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
@@ -119,7 +137,9 @@ def save_checkpoint(
     meta: dict[str, Any],
 ) -> None:
     """Everything a resumed run needs, in one file written atomically."""
-    tensors = {f"model.{k}": v for k, v in unique_state(model).items()}
+    state = unique_state(model)
+    check_finite(state, path)
+    tensors = {f"model.{k}": v for k, v in state.items()}
     opt = optimizer.state_dict()
     scalars: dict[str, Any] = {}
     for pid, state in opt["state"].items():

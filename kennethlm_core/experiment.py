@@ -45,6 +45,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from kennethlm_core import runlock
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, build_config, resolve, same_config
 from kennethlm_core.errors import ConfigError, DataError, KLMError
 
@@ -703,7 +704,15 @@ def load_at_start(now: list[float] | None, phases: list[list[Any]], folder: Path
 # -- a whole comparison ----------------------------------------------------------------------
 
 
-def run_comparison(
+def run_comparison(comp: Comparison, folder: Path, **options: Any) -> dict[str, Any]:
+    """Run a comparison in ``folder`` (see _run_comparison for the options), holding the
+    folder's lock: another process running a comparison there is refused with its pid
+    (runlock.py). Its runs are not locked out: each trains in a folder of its own."""
+    with runlock.hold(folder, "running this comparison"):
+        return _run_comparison(comp, folder, **options)
+
+
+def _run_comparison(
     comp: Comparison,
     folder: Path,
     *,

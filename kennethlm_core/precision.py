@@ -1,6 +1,11 @@
 """Precision: float32, or bf16 autocast where the machine is faster with it.
 
-``--dtype float32|bfloat16|float16`` is taken as asked. ``--dtype auto`` chooses:
+``--dtype float32|bfloat16|float16`` is taken as asked, where the device can: float16 trains
+with a gradient scaler (``grad_scaler``: the loss is scaled up before the backward pass so that
+small gradients do not underflow float16's narrow range, and a step whose gradients overflowed
+is skipped), on a CUDA GPU or a CPU whose torch autocasts to float16 (rarely faster there:
+bf16 has float32's range and needs no scaler); elsewhere (MPS) it is refused.
+``--dtype auto`` chooses:
 
 - on a CUDA GPU with bf16: bf16 autocast;
 - on a CPU: bf16 autocast only where the CPU has bf16 matrix instructions (AMX-BF16 or
@@ -24,6 +29,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +94,41 @@ def check(device: torch.device, dtype: str) -> None:
             f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bf16; "
             "use --dtype auto or float16"
         )
+    if dtype == "float16" and device.type not in ("cuda", "cpu"):
+        raise ConfigError(
+            f"--dtype float16 trains with a gradient scaler on CUDA GPUs and CPUs, not on "
+            f"{device.type}; use --dtype float32 or auto"
+        )
+    if dtype == "float16" and device.type == "cpu" and not autocasts_to(device, torch.float16):
+        raise ConfigError(
+            f"--dtype float16: torch {torch.__version__} cannot autocast to float16 on a CPU; "
+            "use --dtype bfloat16, float32 or auto"
+        )
+
+
+def autocasts_to(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a matrix product under autocast on ``device`` runs in ``dtype`` (a torch that
+    cannot autocast to it warns and computes in float32)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.autocast(device.type, dtype=dtype):
+            x = torch.ones(2, 2, device=device)
+            return (x @ x).dtype == dtype
+
+
+def grad_scaler(device: torch.device, dtype: str) -> torch.amp.GradScaler:
+    """The training step's gradient scaler: a loss scale for float16, for the others one that
+    does nothing (``scale`` returns the loss, ``step`` is the optimizer's)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == "float16")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the device has done the work queued so far: a clock around a GPU's work
+    (CUDA or MPS, both asynchronous) reads the time it took only after this."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def choose(
@@ -155,8 +196,7 @@ def time_step(
             with context:
                 _, loss = model(x, y)
             loss.backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             times.append(time.perf_counter() - t0)
             model.zero_grad(set_to_none=True)
     finally:

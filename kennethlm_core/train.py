@@ -5,10 +5,16 @@ tokens or seconds of training) is spent, evaluating bits per byte on a fixed val
 every ``eval_every`` steps and checkpointing after each evaluation. The run folder gets
 config.json, metrics.jsonl, checkpoint.safetensors, model.safetensors, tokenizer/ and
 summary.json. ``train_time_s`` counts training steps only, never evaluation or start-up.
+
+Misuse and bad luck stop a run in one line, never at the cost of its last good checkpoint: a
+folder another process is training is refused (runlock.py); a training loss that turns NaN or
+infinite stops the run at that step; weights that are not finite are never saved; a write
+that fails (a full disk) keeps the previous checkpoint and says how to resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,7 +29,7 @@ from typing import Any
 
 import torch
 
-from kennethlm_core import precision, provenance
+from kennethlm_core import precision, provenance, runlock
 from kennethlm_core.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
@@ -59,7 +65,12 @@ class Interrupted(KLMError):
 
 
 class NonFiniteLoss(KLMError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the weights became NaN or infinite; the last good checkpoint is kept."""
+
+
+class WriteFailed(KLMError):
+    """A run file could not be written (a full disk, a file-size limit); the previous
+    checkpoint is kept."""
 
 
 # -- devices and precision ---------------------------------------------------------------
@@ -124,7 +135,8 @@ def check_run_dir(out: Path, cfg: RunConfig, force: bool) -> None:
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
-    if not out.exists() or not any(out.iterdir()) or force and (out / "config.json").exists():
+    empty = not out.exists() or all(p.name == runlock.LOCK for p in out.iterdir())
+    if empty or force and (out / "config.json").exists():
         return
     existing = out / "config.json"
     if not existing.exists():
@@ -273,12 +285,51 @@ def train(
 
     The run's code and data go to provenance.json (provenance.py). A resumed run whose code or
     data changed since it started is refused, unless ``allow_changes``, which is recorded there.
+
+    The run folder is locked while it trains (by rank 0 of several processes): another process
+    training it is refused with its pid (runlock.py).
     """
     from kennethlm_core import distributed
+
+    out = Path(out)
+    dist = distributed.setup()  # multi-process (torchrun): see distributed.py; else inert
+    lock = runlock.hold(out, "training this run") if dist.is_main else contextlib.nullcontext()
+    with lock:
+        return _train(
+            cfg,
+            out,
+            dist,
+            registry=registry,
+            resume=resume,
+            force=force,
+            allow_changes=allow_changes,
+            init_from=init_from,
+            snapshot_at=snapshot_at,
+            log=log,
+            progress=progress,
+            on_eval=on_eval,
+        )
+
+
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    dist: Any,
+    *,
+    registry: Any,
+    resume: bool,
+    force: bool,
+    allow_changes: bool,
+    init_from: str | Path | None,
+    snapshot_at: int | None,
+    log: Callable[[str], None],
+    progress: Any,
+    on_eval: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """train(), in its locked run folder."""
     from kennethlm_core.plugins import get_registry
 
     registry = registry or get_registry()
-    out = Path(out)
     if resume and init_from is not None:
         raise ConfigError("a resumed run continues its own checkpoint; drop init_from")
     if resume and not (out / CHECKPOINT).exists():  # stopped before its first checkpoint
@@ -288,8 +339,6 @@ def train(
     preflight(cfg, registry)
     if not resume:
         check_run_dir(out, cfg, force)
-    # Multi-process (torchrun): see distributed.py. `dist` is inert in a single process.
-    dist = distributed.setup()
     check_batch(cfg.batch_size, dist.world)
     if cfg.threads or dist.active:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
@@ -313,9 +362,10 @@ def train(
     origin = provenance.run_provenance(cfg, registry, data.meta)  # the code and data used
     changes = provenance.check_resume(out, origin, allow_changes) if resume else []
     if not resume and dist.is_main:
-        init_run_dir(out, cfg)
-        provenance.save(out, origin)
-        tokenizer.save(out / "tokenizer")
+        with _writing("the run's first files", 0, None, out):
+            init_run_dir(out, cfg)
+            provenance.save(out, origin)
+            tokenizer.save(out / "tokenizer")
     dist.barrier()  # the run folder exists before any rank reads from it
     val_slice = data.val.head(cfg.eval_bytes)
 
@@ -343,8 +393,10 @@ def train(
         loss_sum_saved, loss_steps_saved = meta.get("loss_sum", 0.0), meta.get("loss_steps", 0)
         init_info = meta.get("init_from")
         if dist.is_main:
-            _truncate_metrics(metrics_path, clock.step)
-            origin = provenance.resumed(out, origin, changes, clock.step)  # records overrides
+            step = clock.step
+            with _writing("metrics.jsonl or provenance.json", step, step, out, dist.world):
+                _truncate_metrics(metrics_path, clock.step)
+                origin = provenance.resumed(out, origin, changes, clock.step)  # the overrides
         if changes:
             log(f"continuing although {provenance.sentence(changes)} (--allow-changes)")
         log(f"resuming {out} at step {clock.step}")
@@ -370,6 +422,9 @@ def train(
     autocast, dtype = chosen.autocast(device), chosen.dtype
     if cfg.dtype == "auto":
         log(f"precision: {dtype} ({chosen.reason})")
+    scaler = precision.grad_scaler(device, dtype)  # a loss scale for float16, else inert
+    if resume and meta.get("grad_scaler"):
+        scaler.load_state_dict(meta["grad_scaler"])
 
     step_fn = dist.wrap(model)  # DistributedDataParallel with several processes
     step_fn = torch.compile(step_fn) if cfg.compile else step_fn
@@ -386,23 +441,29 @@ def train(
         ).bpb
 
     def checkpoint(path: Path = out / CHECKPOINT) -> None:
-        nonlocal last_checkpoint
-        last_checkpoint = clock.step
-        if not dist.is_main:
-            return
-        rng = {"torch": torch.get_rng_state(), "batches": batches.state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state()
-        meta = {
-            "step": clock.step,
-            "tokens": clock.tokens,
-            "train_time_s": clock.train_time,
-            "loss_sum": loss_sum.item(),
-            "loss_steps": loss_steps,
-            "init_from": init_info,
-            "precision": chosen.to_json(),
-        }
-        save_checkpoint(path, model, optimizer, rng, meta)
+        """Save the training state (rank 0 writes); refused for weights that are not finite."""
+        nonlocal saved
+        if not _finite(model):  # checked on every rank, so that all stop together
+            raise _non_finite(clock, saved, cfg, out, "the weights")
+        if dist.is_main:
+            rng = {"torch": torch.get_rng_state(), "batches": batches.state()}
+            if device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state()
+            meta = {
+                "step": clock.step,
+                "tokens": clock.tokens,
+                "train_time_s": clock.train_time,
+                "loss_sum": loss_sum.item(),
+                "loss_steps": loss_steps,
+                "init_from": init_info,
+                "precision": chosen.to_json(),
+            }
+            if scaler.is_enabled():
+                meta["grad_scaler"] = scaler.state_dict()
+            with _writing(path.name, clock.step, saved, out, dist.world):
+                save_checkpoint(path, model, optimizer, rng, meta)
+        if path == out / CHECKPOINT:
+            saved = clock.step
 
     def done() -> bool:
         return (
@@ -414,7 +475,8 @@ def train(
     tokens_per_step = cfg.batch_size * cfg.block_size
     loss_sum = torch.zeros((), device=device)  # training loss since the last evaluation
     loss_steps, last_val, last_report = 0, float("nan"), (clock.train_time, clock.tokens)
-    last_checkpoint = clock.step
+    saved = clock.step if resume else None  # the step of the checkpoint in the run folder
+    watch = LossWatch(device)
     if resume:
         loss_sum.fill_(loss_sum_saved)
         loss_steps = loss_steps_saved
@@ -431,12 +493,16 @@ def train(
             if scheduled if first_eval is None else first_eval:
                 mean_loss = dist.mean(loss_sum / max(1, loss_steps))  # over ranks
                 train_loss = mean_loss.item() if loss_steps else float("nan")
-                if (loss_steps and not math.isfinite(train_loss)) or not _finite(model):
-                    raise _non_finite(clock, last_checkpoint, cfg, out)
+                if loss_steps and not math.isfinite(train_loss):
+                    raise _non_finite(clock, saved, cfg, out)
+                if not _finite(model):
+                    raise _non_finite(clock, saved, cfg, out, "the weights")
                 if dist.is_main:
                     last_val = evaluate()
                     lr = optimizer.param_groups[0]["lr"]
-                    on_eval(_append_metrics(metrics_path, clock, lr, train_loss, last_val))
+                    with _writing(metrics_path.name, clock.step, saved, out, dist.world):
+                        row = _append_metrics(metrics_path, clock, lr, train_loss, last_val)
+                    on_eval(row)
                 loss_sum.zero_()
                 loss_steps = 0
                 checkpoint()
@@ -461,23 +527,26 @@ def train(
             x, y = dist.shard(*batches.next())  # each rank: its rows of the global batch
             with autocast:
                 _, loss = step_fn(x, y)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)  # float16: skipped when the gradients overflowed
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             loss_steps += 1
-            if device.type == "cuda" and cfg.time:
-                torch.cuda.synchronize()  # the time budget needs an honest clock
+            diverged = watch.check(loss)
+            if cfg.time:
+                precision.synchronize(device)  # the time budget needs an honest clock
             clock.step += 1
             clock.tokens += tokens_per_step
             clock.train_time += time.perf_counter() - t0
+            if dist.any(diverged, device):  # every rank stops at the same step
+                raise _non_finite(clock, saved, cfg, out)
 
             if progress is not None and dist.is_main and (clock.step % 10 == 0 or done()):
                 current = (loss_sum / max(1, loss_steps)).item()
-                if not math.isfinite(current):
-                    raise _non_finite(clock, last_checkpoint, cfg, out)
                 dt = clock.train_time - last_report[0]
                 tps = (clock.tokens - last_report[1]) / dt if dt > 0 else 0.0
                 last_report = (clock.train_time, clock.tokens)
@@ -486,7 +555,8 @@ def train(
     if not dist.is_main:  # rank 0 scores the run and writes its files; the others wait, so
         dist.barrier()  # that every process leaves the process group at the same time
         return {}
-    save_weights(model, out / WEIGHTS)
+    with _writing(WEIGHTS, clock.step, saved, out, dist.world):
+        save_weights(model, out / WEIGHTS)
     log("scoring the validation split")
     final_slice = data.val.head(cfg.final_eval_bytes)
     final = bits_per_byte(
@@ -519,7 +589,8 @@ def train(
         "init_from": init_info,
         "provenance": origin,
     }
-    atomic_write_json(out / "summary.json", summary)
+    with _writing("summary.json", clock.step, saved, out, dist.world):
+        atomic_write_json(out / "summary.json", summary)
     dist.barrier()
     return summary
 
@@ -598,22 +669,80 @@ def start_from(
     return clock, rng if src.get("seed") == cfg.seed else None
 
 
-def _non_finite(clock: Clock, last_good: int, cfg: RunConfig, out: Path) -> NonFiniteLoss:
+class LossWatch:
+    """Notices a training loss that is NaN or infinite at every step, without making a GPU wait.
+
+    On a CPU (and MPS) the loss is read at once: ``check`` answers for this step. Reading a
+    CUDA tensor waits for every kernel queued before it, a stall at every step; there the
+    check is copied to pinned host memory asynchronously and read a step later, when the GPU
+    is done with it and the next step is already queued: ``check`` answers for the step
+    before. (Evaluations and checkpoints read the loss and the weights themselves, so nothing
+    non-finite is evaluated or saved in that step.)
+    """
+
+    def __init__(self, device: torch.device):
+        self.lagged = device.type == "cuda"
+        self.steps = 0
+        if self.lagged:
+            self.flags = torch.zeros(2, dtype=torch.bool, pin_memory=True)
+            self.copied = [torch.cuda.Event(), torch.cuda.Event()]
+
+    def check(self, loss: torch.Tensor) -> bool:
+        """Whether the loss of this step (on CUDA: of the step before) is not finite."""
+        if not self.lagged:
+            return not math.isfinite(loss.item())
+        now, before = self.steps % 2, (self.steps + 1) % 2
+        self.flags[now].copy_(~torch.isfinite(loss.detach()), non_blocking=True)
+        self.copied[now].record()
+        self.steps += 1
+        if self.steps == 1:
+            return False
+        self.copied[before].synchronize()  # the step before's copy: done long ago
+        return bool(self.flags[before])
+
+
+def _non_finite(
+    clock: Clock, last_good: int | None, cfg: RunConfig, out: Path, what: str = "the training loss"
+) -> NonFiniteLoss:
     tries = [f"a lower --lr (now {cfg.lr:g})"]
     if not cfg.grad_clip:
         tries.append("--set grad_clip=1.0")
     if cfg.dtype != "float32":
         tries.append("--dtype float32")
+    kept = (
+        f"the last good checkpoint (step {last_good}) is kept in {out}"
+        if last_good is not None
+        else "nothing was saved"
+    )
     return NonFiniteLoss(
-        f"the training loss became non-finite by step {clock.step}; the last good checkpoint "
-        f"(step {last_good}) is kept in {out}. Try {' or '.join(tries)}, then start again "
-        "with --force (--resume would continue from that checkpoint with the same settings)"
+        f"{what} became non-finite by step {clock.step}; {kept}. Try {' or '.join(tries)}, "
+        "then start again with --force (--resume would continue from that checkpoint with the "
+        "same settings)"
     )
 
 
+@contextlib.contextmanager
+def _writing(what: str, step: int, saved: int | None, out: Path, world: int = 1):
+    """A write of ``what`` that fails (a full disk, a file-size limit) stops the run in one
+    line. The writes are atomic, so the files there, the checkpoint included, are kept."""
+    try:
+        yield
+    except OSError as e:
+        again = f"klm run --resume {out}" + (f" --nproc {world}" if world > 1 else "")
+        kept = (
+            f"the previous checkpoint (step {saved}) is kept in {out}. Free some space, then "
+            f"continue with: {again}"
+            if saved is not None
+            else "no checkpoint was written yet. Free some space, then start the run again"
+        )
+        raise WriteFailed(
+            f"could not write {what} at step {step} ({e.strerror or e}); {kept}"
+        ) from None
+
+
 def _finite(model: torch.nn.Module) -> bool:
-    """Whether every weight is finite: a checkpoint is written only when it is."""
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """Whether every weight is finite (one read from the device, however many tensors)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 def _append_metrics(path: Path, clock: Clock, lr: float, train_loss: float, val_bpb: float) -> dict:
