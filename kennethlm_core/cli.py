@@ -844,7 +844,8 @@ def compare(
     say = (lambda message: None) if quiet else (lambda m: console.print(m, soft_wrap=True))
     if not any(k in shared for k in BUDGET_KEYS):
         shared["steps"] = STANDARD_STEPS
-    elif "time" in shared:
+    experiment.arm_configs(comp, registry)  # bad arms fail in one line, before any notes
+    if "time" in shared:
         say("note: a --time budget makes the verdict depend on this machine's speed and load")
     if promote and (comp.baseline.recipe != "record" or comp.baseline.overrides):
         raise KLMError("--promote needs --baseline record: a new record must beat the old one")

@@ -167,7 +167,9 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     """
     import signal
 
-    env = dict(os.environ)
+    from kennethlm_core.provenance import child_env
+
+    env = child_env()  # the ranks run this process's code, whatever the working directory
     env.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
     command = [
         sys.executable,

@@ -45,7 +45,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from kennethlm_core import runlock
+from kennethlm_core import provenance, runlock
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, build_config, resolve, same_config
 from kennethlm_core.errors import ConfigError, DataError, KLMError
 
@@ -192,6 +192,13 @@ def arm_configs(comp: Comparison, registry: Any) -> dict[str, RunConfig]:
     else:
         candidate = build_config(base.recipe, {**comp.shared, **base.overrides, **cand.overrides})
     cfgs = {"baseline": resolve(baseline, registry), "candidate": resolve(candidate, registry)}
+    sized = [arm for arm, cfg in cfgs.items() if cfg.size == "auto"]
+    if sized:
+        raise ConfigError(
+            f"the {' and '.join(sized)} arm asks for --size auto, which chooses a shape for one "
+            "klm run; a comparison trains fixed shapes: give --n-layer, --n-embd and --n-head "
+            "(klm run --size auto says which it would choose)"
+        )
     if cfgs["baseline"].to_dict() == cfgs["candidate"].to_dict():
         raise ConfigError(
             f"the candidate ({cand.text!r}) is the same configuration as the baseline; "
@@ -298,7 +305,6 @@ def run_state(
     mode = _folder_state(job, init_step, force)
     if current is None or mode not in ("done", "resume"):
         return mode
-    from kennethlm_core import provenance
 
     changes, clause = provenance.changes_since(job.out, current)
     if not changes:
@@ -444,6 +450,7 @@ def run_jobs(
                         stdout=f,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
+                        env=provenance.child_env(),  # this process's code, wherever it runs
                     )
                 running.append((job, proc, log))
                 say(f"{job.label}: {_starting(job)} (log: {log})")

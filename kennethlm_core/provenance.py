@@ -33,6 +33,7 @@ import hashlib
 import importlib.metadata
 import inspect
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -78,6 +79,18 @@ def git_commit(root: Path = REPO) -> str:
     return sha + ("-dirty" if sha and dirty else "")
 
 
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a klm process this one starts (a comparison's worker, the ranks
+    of torchrun) so that it runs this process's code. ``python -m`` puts the working
+    directory first on sys.path: a comparison started from one checkout inside another would
+    otherwise train its runs with the other checkout's kennethlm_core. So the child gets this
+    code's root first on PYTHONPATH, and PYTHONSAFEPATH=1 (no working directory on sys.path)."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONSAFEPATH"] = "1"
+    return env
+
+
 # -- source hashes -----------------------------------------------------------------------
 
 
@@ -108,6 +121,7 @@ NOT_COMPUTING = {
     "provenance.py",
     "publish.py",
     "registry.py",
+    "runlock.py",
     "scaffold.py",
     "testing.py",
 }

@@ -89,7 +89,7 @@ def tokens_per_s(
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        float(loss)  # waits for the device
+        loss.item()  # waits for the device
         steps += 1
         if steps == 0:
             start = time.perf_counter()

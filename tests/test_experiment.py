@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from kennethlm_core.experiment import (
     default_folder,
     paired_test,
 )
+from kennethlm_core.provenance import core_files, hash_files
 
-from .conftest import REPO, SHARED_DATA, assert_one_line_error
+from .conftest import PYTHON, REPO, SHARED_DATA, assert_one_line_error
 
 # -- statistics ------------------------------------------------------------------------------
 
@@ -425,3 +427,22 @@ def test_later_promotions_score_only_their_candidate_on_test(tmp_path, klm, ledg
     }
     assert set(second["test_bpb"]) == {"candidate_values", "candidate_mean"}
     assert not (tmp_path / "b" / "baseline" / "seed-1" / "eval.json").exists()  # not scored
+
+
+def test_workers_run_the_parents_code_whatever_the_working_directory(tmp_path):
+    """`python -m` puts the working directory first on sys.path: a comparison started inside
+    another checkout once trained its runs with that checkout's kennethlm_core (here a decoy
+    that cannot even be imported). Its workers must run the code of the klm that started them."""
+    decoy = tmp_path / "kennethlm_core"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy checkout was imported')\n")
+    klm = Path(PYTHON).parent / "klm"  # the installed command: its own directory, not the cwd
+    args = ["compare", "--baseline", "baseline", "--candidate", "--set lr=3e-3", "--seeds", "2"]
+    args += ["--steps", "4", *TINY, "--jobs", "2", "--out", str(tmp_path / "exp"), "-q"]
+    proc = subprocess.run([klm, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr + "".join(
+        p.read_text() for p in (tmp_path / "exp" / "logs").glob("*.log")
+    )
+    for arm in ("baseline", "candidate"):  # and they say so: the hash of this checkout's core
+        origin = json.loads((tmp_path / "exp" / arm / "seed-1" / "provenance.json").read_text())
+        assert origin["code"]["core"]["source"] == hash_files(core_files())

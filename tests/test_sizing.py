@@ -114,3 +114,11 @@ def test_size_auto_needs_a_time_budget(klm, args, needles, tmp_path):
     code, _, err = klm("run", *args, "--out", tmp_path / "r")
     assert_one_line_error(code, err, *needles)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_comparison_refuses_size_auto(klm, tmp_path):
+    """Both arms of a comparison must train one shape; --size auto would pick one per run."""
+    args = ["--baseline", "baseline", "--candidate", "--set lr=3e-3", "--time", "10s"]
+    code, _, err = klm("compare", *args, "--size", "auto", "--out", tmp_path / "exp")
+    assert_one_line_error(code, err, "asks for --size auto", "give --n-layer, --n-embd")
+    assert not (tmp_path / "exp").exists()
