@@ -42,7 +42,7 @@ from kennethlm_core.checkpoint import (
     unique_state,
 )
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, coerce, resolve, same_config
-from kennethlm_core.data import Batches, format_mix, mix_weights, prepare_data
+from kennethlm_core.data import Batches, cache_root, format_mix, mix_weights, prepare_data
 from kennethlm_core.distributed import check_batch, threads_per_process
 from kennethlm_core.errors import CheckpointError, ConfigError, KLMError
 from kennethlm_core.evaluate import bits_per_byte
@@ -427,7 +427,9 @@ def _train(
         scaler.load_state_dict(meta["grad_scaler"])
 
     step_fn = dist.wrap(model)  # DistributedDataParallel with several processes
-    step_fn = torch.compile(step_fn) if cfg.compile else step_fn
+    if cfg.compile:  # compiled code is kept with the token cache, so a second run skips it
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+        step_fn = torch.compile(step_fn)
 
     def evaluate() -> float:
         return bits_per_byte(
