@@ -2,7 +2,7 @@
 
     python benchmarks/speedrun.py [--time 15m] [--corpus ../shared/data/corpus]
         [--baseline baseline] [--record record] [--seed 1] [--out experiments/speedrun-15m]
-        [--set key=value ...] [--side-by-side]
+        [--set key=value ...] [--side-by-side] [--size auto]
 
 Trains the two recipes one after the other, each as its own `klm run --time T` process with
 all the cores, or with ``--side-by-side`` at the same time, each with half of them (half the
@@ -16,8 +16,10 @@ validation log (metrics.jsonl: the fixed training slice, evaluated every eval_ev
 time is the training clock at the first evaluation at or below baseline's last one, so it is
 an upper bound by up to eval_every steps).
 
-A timed run depends on the machine and its load: run it on a quiet machine (the script prints
-the load average before and after) and compare figures only from the same machine.
+``--size auto`` lets the record run choose its shape for the time on this machine (`klm run
+--size auto`); the shapes, and why, are printed. A timed run depends on the machine and its
+load: run it on a quiet machine (the script prints the load average before and after) and
+compare figures only from the same machine.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ def load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def start(recipe: str, args, out: Path) -> tuple[subprocess.Popen, float]:
+def start(recipe: str, args, out: Path, extra=()) -> tuple[subprocess.Popen, float]:
     """`klm run --recipe RECIPE --time T` in a child process."""
-    cmd = [sys.executable, "-m", "kennethlm_core", "run", "--recipe", recipe]
+    cmd = [sys.executable, "-m", "kennethlm_core", "run", "--recipe", recipe, *extra]
     cmd += ["--time", args.time, "--corpus", args.corpus, "--seed", str(args.seed)]
     cmd += ["--out", str(out), "--force", "-q"]
     for setting in args.set:
@@ -89,6 +91,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="default experiments/speedrun-<time>")
     ap.add_argument("--set", action="append", default=[], help="key=value for both runs")
     ap.add_argument(
+        "--size", choices=["auto"], help="auto: the record run picks its shape (klm run --size)"
+    )
+    ap.add_argument(
         "--side-by-side", action="store_true", help="train both at once, each on half the cores"
     )
     args = ap.parse_args()
@@ -104,6 +109,7 @@ def main() -> None:
     if load() > 1.5:
         print("warning: the machine is busy; the timings will be pessimistic")
     recipes = {"baseline": args.baseline, "record": args.record}
+    extra = {"baseline": [], "record": ["--size", args.size] if args.size else []}
     runs, peaks = {}, {}
     if args.side_by_side:
         threads = int(next(s for s in args.set if s.startswith("threads=")).split("=")[1])
@@ -111,14 +117,15 @@ def main() -> None:
         peak, dtype = best_peak()
         peaks["baseline"] = peaks["record"] = peak
         print(f"{dtype} matmul peak, {threads} threads: {peak / 1e9:.1f} GFLOP/s")
-        started = {arm: start(recipes[arm], args, out / arm) for arm in recipes}
+        started = {arm: start(recipes[arm], args, out / arm, extra[arm]) for arm in recipes}
         runs = {arm: finish(recipes[arm], started[arm], out / arm) for arm in recipes}
     else:
         for arm in recipes:
             # the peak just before each run: under a changing load, one peak for both misleads
             peaks[arm], dtype = best_peak()
             print(f"{dtype} matmul peak before {arm}: {peaks[arm] / 1e9:.1f} GFLOP/s")
-            runs[arm] = finish(recipes[arm], start(recipes[arm], args, out / arm), out / arm)
+            started = start(recipes[arm], args, out / arm, extra[arm])
+            runs[arm] = finish(recipes[arm], started, out / arm)
     end_load = load()
 
     target = runs["baseline"]["metrics"][-1]["val_bpb"]  # on the training-time slice
@@ -153,6 +160,9 @@ def main() -> None:
             "dtype": s.get("dtype"),
         }
         print(f"{'':<10}precision {s.get('dtype')} ({(s.get('precision') or {}).get('reason')})")
+        shape = f"{cfg.n_layer} layers x {cfg.n_embd} ({cfg.n_head} heads)"
+        print(f"{'':<10}shape {shape}" + (f": {s['size']['reason']}" if s.get("size") else ""))
+        report[arm]["shape"] = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "size": s.get("size")}
     if reached is None:
         print(f"record did not reach baseline's last logged val_bpb {target:.4f}")
     else:
