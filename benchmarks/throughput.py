@@ -1,7 +1,7 @@
 """Training throughput and model-FLOPs utilisation (MFU) of a recipe, on this machine.
 
     python benchmarks/throughput.py [--recipe baseline] [--corpus ../shared/data/corpus]
-        [--steps 200] [--dtype float32 bfloat16] [--compile] [--threads 1 2] [--profile]
+        [--steps 200] [--dtype float32 bfloat16] [--compile] [--threads 1 2] [--profile] [--bare]
 
 For every combination of threads, dtype (autocast) and compilation it trains the recipe with
 the real trainer (`train()`, no evaluation during training) and reports:
@@ -17,6 +17,8 @@ the real trainer (`train()`, no evaluation during training) and reports:
   block_size (attention scores and their weighted sum).
 
 ``--profile`` also runs cProfile over a short training run and prints where the time goes.
+``--bare`` also times the plainest loop over the same model, optimizer and data (the way
+nanoGPT's train.py is written), so the trainer's overhead shows as a ratio.
 """
 
 from __future__ import annotations
@@ -96,6 +98,39 @@ def measure(cfg, registry, warmup: int) -> dict:
     return {"summary": s, "tokens_per_s": steady, "warmup_s": extra, "wall_s": wall}
 
 
+def bare_loop(cfg, registry, warmup: int) -> float:
+    """Steady tokens/s of the plainest training loop over the same model, optimizer, precision
+    and data, as nanoGPT's train.py is written: draw random windows, forward, backward, clip,
+    step. No clock, no checks, no schedule: the trainer's rate over this one is its overhead."""
+    import numpy as np
+
+    from kennethlm_core.data import prepare_data
+    from kennethlm_core.model import build_model
+    from kennethlm_core.precision import Precision
+
+    data = prepare_data(cfg, registry)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.tokenizer.vocab_size, registry)
+    optimizer = registry.get("optimizer", cfg.optimizer).factory(cfg, model)
+    autocast = Precision(cfg.dtype if cfg.dtype != "auto" else "float32", "bare").autocast
+    tokens = torch.from_numpy(data.train.tokens.astype(np.int64))
+    T, B = cfg.block_size, cfg.batch_size
+    start = 0.0
+    for step in range(cfg.steps):
+        if step == warmup:
+            start = time.perf_counter()
+        i = torch.randint(len(tokens) - T - 1, (B,))
+        x = torch.stack([tokens[j : j + T] for j in i])
+        y = torch.stack([tokens[j + 1 : j + 1 + T] for j in i])
+        with autocast(torch.device("cpu")):
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (cfg.steps - warmup) * B * T / (time.perf_counter() - start)
+
+
 def profile(cfg, registry, lines: int = 18) -> str:
     profiler = cProfile.Profile()
     with tempfile.TemporaryDirectory() as out:
@@ -117,6 +152,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--profile", action="store_true", help="cProfile a short run")
+    parser.add_argument(
+        "--bare", action="store_true", help="also time a plain nanoGPT-style loop (no compile)"
+    )
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value settings")
     args = parser.parse_args()
 
@@ -152,6 +190,13 @@ def main() -> None:
                     f"{m['tokens_per_s']:,.0f} tokens/s, MFU {achieved / peak:.1%}",
                     flush=True,
                 )
+                if args.bare and not compiled:
+                    bare = bare_loop(cfg, registry, args.warmup)
+                    print(
+                        f"  {threads} threads {dtype} plain loop: {bare:,.0f} tokens/s; the "
+                        f"trainer runs at {m['tokens_per_s'] / bare:.2f}x of it",
+                        flush=True,
+                    )
     print(
         f"\n{'threads':>7} {'dtype':<9}{'compile':>8}{'tokens/s':>10}{'warm-up s':>10}"
         f"{'GFLOP/s':>9}{'peak':>8}{'MFU':>7}{'wall s':>8}{'val_bpb':>9}"
