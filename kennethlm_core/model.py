@@ -86,6 +86,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying: one matrix reads and writes tokens
         self.logits_transform = None  # a tweak's logits -> logits, e.g. soft-capping
+        # a tweak's (layer, x, x0) -> x before each block, x0 being the embedded input: how
+        # blocks are wired (per-layer residual scalars, U-net skips); None: the plain stack
+        self.block_input = None
 
         self.apply(init_weights)
         for name, p in self.named_parameters():
@@ -96,9 +99,11 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.block_size}")
-        x = self.drop(self.posemb.embed(self.wte(idx)))
+        x = x0 = self.drop(self.posemb.embed(self.wte(idx)))
         bias = self.posemb.score_bias(T, idx.device)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            if self.block_input is not None:
+                x = self.block_input(i, x, x0)
             x = block(x, self.posemb, bias)
         logits = self.lm_head(self.ln_f(x))
         if self.logits_transform is not None:
