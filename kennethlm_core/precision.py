@@ -94,6 +94,18 @@ def check(device: torch.device, dtype: str) -> None:
             f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bf16; "
             "use --dtype auto or float16"
         )
+    if dtype == "bfloat16" and device.type not in ("cuda", "cpu"):
+        if not autocasts_to(device, torch.bfloat16):
+            raise ConfigError(
+                f"--dtype bfloat16: torch {torch.__version__} cannot autocast to bf16 on "
+                f"{device.type}; use --dtype float32 or auto"
+            )
+    if dtype == "bfloat16" and device.type == "cpu" and not cpu_bf16_units():
+        warnings.warn(
+            "--dtype bfloat16: this CPU has no bf16 matrix instructions, so bf16 is emulated, "
+            "many times slower than float32 (--dtype auto chooses float32 here)",
+            stacklevel=2,
+        )
     if dtype == "float16" and device.type not in ("cuda", "cpu"):
         raise ConfigError(
             f"--dtype float16 trains with a gradient scaler on CUDA GPUs and CPUs, not on "

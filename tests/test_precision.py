@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import warnings
 
 import pytest
 import torch
@@ -83,6 +84,22 @@ def test_a_cuda_gpu_without_bf16_is_refused_in_one_line(monkeypatch):
     with pytest.raises(ConfigError, match="Old GPU has no bf16"):
         precision.check(torch.device("cuda"), "bfloat16")
     assert precision.choose(torch.device("cuda"), "auto").dtype == "float32"
+
+
+def test_bf16_asked_for_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: [])
+    with pytest.warns(UserWarning, match="bf16 is emulated, many times slower"):
+        precision.check(CPU, "bfloat16")
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: ["avx512_bf16"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        precision.check(CPU, "bfloat16")  # units: no word
+
+
+def test_bf16_where_torch_cannot_autocast_to_it_is_refused(monkeypatch):
+    monkeypatch.setattr(precision, "autocasts_to", lambda device, dtype: False)
+    with pytest.raises(ConfigError, match="cannot autocast to bf16 on mps"):
+        precision.check(torch.device("mps"), "bfloat16")
 
 
 def test_a_bf16_run_records_its_choice_resumes_in_it_and_evaluates_in_it(probe, registry, tmp_path):
