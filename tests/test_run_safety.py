@@ -10,7 +10,6 @@ import os
 import resource
 import signal
 import subprocess
-import time
 import types
 
 import pytest
@@ -21,7 +20,6 @@ from kennethlm_core.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
     NonFiniteWeights,
-    load_checkpoint,
     save_checkpoint,
     save_weights,
 )
@@ -32,13 +30,13 @@ from kennethlm_core.train import (
     Interrupted,
     LossWatch,
     NonFiniteLoss,
-    load_run_config,
     read_metrics,
     snapshot_path,
     train,
 )
 
 from .conftest import PYTHON, assert_one_line_error, tiny_config
+from .test_faults import kill_loop, wait_for
 
 TINY = [
     "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
@@ -68,30 +66,6 @@ def klm_once(*args, timeout=120, **kwargs) -> subprocess.CompletedProcess:
         proc.communicate()
         raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def wait_for(path, proc, timeout=180):
-    start = time.monotonic()
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() - start < timeout
-        time.sleep(0.05)
-
-
-def checkpoint_step(run) -> int:
-    """The step of the run's checkpoint, after loading it into the run's model and optimizer;
-    every weight must be finite."""
-    from kennethlm_core.plugins import get_registry
-
-    registry = get_registry()
-    cfg = load_run_config(run, registry)
-    tokenizer = registry.get("tokenizer", cfg.tokenizer).factory(cfg)
-    tokenizer.load(run / "tokenizer")
-    model = build_model(cfg, tokenizer.vocab_size, registry)
-    optimizer = registry.get("optimizer", cfg.optimizer).factory(cfg, model)
-    _, meta = load_checkpoint(run / CHECKPOINT, model, optimizer)
-    assert all(torch.isfinite(p).all() for p in model.parameters())
-    return int(meta["step"])
 
 
 def losses(run) -> list[tuple]:
@@ -124,7 +98,7 @@ def test_a_live_runs_folder_is_refused_naming_its_pid_and_taken_over_once_it_is_
         first.kill()  # SIGKILL: the lock file stays behind, naming a dead process
         first.communicate()
     assert (run / runlock.LOCK).read_text() == f"{first.pid} training this run\n"
-    step = checkpoint_step(run)
+    step = kill_loop.checkpoint_state(run)
     code, out, err = klm("run", "--resume", run, "--steps", step + 5, "-q")
     assert code == 0, err
     assert [r["step"] for r in read_metrics(run)][-2:] == [step, step + 5]
@@ -192,7 +166,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one_and_resume_w
         "the previous checkpoint (step 10) is kept",
         f"continue with: klm run --resume {run}",
     )
-    assert checkpoint_step(run) == 10  # the previous checkpoint loads
+    assert kill_loop.checkpoint_state(run) == 10  # the previous checkpoint loads
     assert not list(run.glob(".*.tmp"))  # the torn write was cleared
     code, out, err = klm("run", "--resume", run, "--steps", "20", "-q")
     assert code == 0, err
