@@ -60,6 +60,12 @@ RUN_FILES = (
 )
 
 
+# torch.compile's compiled code is kept beside the token cache (unless the environment says
+# where), so a second run does not compile again. Set on import: inductor fixes its folder
+# the first time anything asks for it.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+
+
 class Interrupted(KLMError):
     """Training was stopped by a signal after writing a checkpoint."""
 
@@ -427,9 +433,7 @@ def _train(
         scaler.load_state_dict(meta["grad_scaler"])
 
     step_fn = dist.wrap(model)  # DistributedDataParallel with several processes
-    if cfg.compile:  # compiled code is kept with the token cache, so a second run skips it
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
-        step_fn = torch.compile(step_fn)
+    step_fn = torch.compile(step_fn) if cfg.compile else step_fn
 
     def evaluate() -> float:
         return bits_per_byte(
