@@ -1,22 +1,24 @@
-"""The size rule behind `klm run --size auto`: which model size is best for a token budget.
+"""The size rule behind `klm run --size auto`: how val_bpb falls with model size and tokens.
 
     python benchmarks/size_rule.py [--recipe record] [--corpus ../shared/data/corpus]
-        [--budgets 500k,1M,2M,4M] [--widths 64,96,128,192] [--n-layer 4] [--seed 1]
-        [--skip 192@4M] [--jobs 2] [--out experiments/size-rule] [--plot docs/size-rule.png]
+        [--budgets 500k,1M,2M] [--widths 64,96,128,192] [--n-layer 4] [--seed 1]
+        [--skip WIDTH@TOKENS,...] [--jobs 2] [--out experiments/size-rule] [--plot PNG]
 
 Trains the recipe at every width x token budget of the grid (`klm run --tokens D`, float32,
 one thread per run, ``--jobs`` runs at a time; finished runs are reused, so an interrupted
-study resumes), then, for each budget, fits val_bpb against log N (N: the parameters outside
-the embedding tables and the read-out) with a parabola and takes its minimum N*(D),
-and fits the power law N*(D) = k D^a to those minima by least squares in log-log. Prints the
-table, the minima and k, a (the constants of kennethlm_core/sizing.py), writes fit.json in
-the study folder and plots val_bpb against N per budget, with each minimum and the fit. N is
-counted as `--size auto` counts it (sizing.body_params).
+study resumes), then fits the loss model of Hoffmann et al. (2022),
 
-Budgets are in tokens, not time, so the study does not depend on the machine or its load;
-`--size auto` turns a time budget into tokens with the tokens/s it measures for each shape.
-A budget whose best width is at the edge of the grid has no interior minimum: it is reported
-and left out of the fit (widen the grid).
+    val_bpb(N, D) = E + A / N**alpha + B / D**beta,
+
+to the runs by least squares (for each alpha, beta on a grid the rest is linear), N being the
+parameters outside the embedding tables and the read-out (as `--size auto` counts them,
+sizing.body_params) and D the training tokens. Prints the runs, the fit and its residuals,
+writes fit.json in the study folder and plots val_bpb against D per width, with the fit.
+
+At a fixed number of tokens a bigger model is better; at a fixed *time* it sees fewer tokens.
+`--size auto` measures each shape's tokens/s on the machine, so D = tokens/s x time, and takes
+the shape the fitted val_bpb(N, D) says is best. Budgets here are tokens, not time, so the
+study does not depend on the machine or its load.
 """
 
 from __future__ import annotations
@@ -107,62 +109,54 @@ def read(args, cells) -> list[dict]:
 
 
 def fit(rows: list[dict]) -> dict:
-    """N*(D) per budget (a parabola in log N through its runs), then k and a of N* = k D^a."""
-    minima, edge = [], []
-    for tokens in sorted({r["tokens"] for r in rows}):
-        at = sorted((r for r in rows if r["tokens"] == tokens), key=lambda r: r["n"])
-        x = np.log([r["n"] for r in at])
-        y = np.array([r["val_bpb"] for r in at])
-        best = int(np.argmin(y))
-        if len(at) < 3 or best in (0, len(at) - 1):
-            edge.append({"tokens": tokens, "best_width": at[best]["width"]})
-            continue
-        c2, c1, _ = np.polyfit(x, y, 2)
-        minima.append({"tokens": tokens, "n_star": float(math.exp(-c1 / (2 * c2)))})
-    result = {"minima": minima, "edge": edge}
-    if len(minima) >= 2:
-        a, log_k = np.polyfit(
-            np.log([m["tokens"] for m in minima]), np.log([m["n_star"] for m in minima]), 1
-        )
-        result |= {"k": float(math.exp(log_k)), "a": float(a)}
-    return result
+    """E, A, alpha, B, beta of val_bpb = E + A N^-alpha + B D^-beta, by least squares: for
+    each (alpha, beta) of a grid the model is linear in E, A, B (kept >= 0)."""
+    n = np.array([r["n"] for r in rows], dtype=float)
+    d = np.array([r["tokens"] for r in rows], dtype=float)
+    y = np.array([r["val_bpb"] for r in rows])
+    best = None
+    for alpha in np.arange(0.02, 1.51, 0.01):
+        for beta in np.arange(0.02, 1.51, 0.01):
+            x = np.stack([np.ones_like(y), n**-alpha, d**-beta], axis=1)
+            coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+            if (coef[1:] < 0).any():
+                continue
+            sse = float(((x @ coef - y) ** 2).sum())
+            if best is None or sse < best[0]:
+                best = (sse, alpha, beta, coef)
+    sse, alpha, beta, (e, a, b) = best
+    rms = math.sqrt(sse / len(y))
+    return {"E": float(e), "A": float(a), "alpha": float(alpha), "B": float(b),
+            "beta": float(beta), "rms": rms}  # fmt: skip
 
 
-def plot(rows: list[dict], result: dict, path: Path) -> None:
+def predict(f: dict, n, d):
+    return (
+        f["E"]
+        + f["A"] * np.asarray(n, float) ** -f["alpha"]
+        + f["B"] * np.asarray(d, float) ** -f["beta"]
+    )
+
+
+def plot(rows: list[dict], f: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for tokens in sorted({r["tokens"] for r in rows}):
-        at = sorted((r for r in rows if r["tokens"] == tokens), key=lambda r: r["n"])
-        left.plot(
-            [r["n"] for r in at], [r["val_bpb"] for r in at], "o-", label=f"{label(tokens)} tokens"
-        )
-    for m in result["minima"]:
-        left.axvline(m["n_star"], color="grey", lw=0.6, ls=":")
-    left.set_xscale("log")
-    left.set_xlabel("parameters outside the embedding, N")
-    left.set_ylabel("val_bpb")
-    left.legend()
-    left.set_title("val_bpb against size, per token budget")
-    if "k" in result:
-        d = np.array([m["tokens"] for m in result["minima"]])
-        right.plot(d, [m["n_star"] for m in result["minima"]], "o", label="best N per budget")
-        grid = np.geomspace(d.min() / 2, d.max() * 8, 50)
-        right.plot(
-            grid,
-            result["k"] * grid ** result["a"],
-            "-",
-            label=f"N* = {result['k']:.3g} D^{result['a']:.2f}",
-        )
-        right.set_xscale("log")
-        right.set_yscale("log")
-        right.set_xlabel("training tokens, D")
-        right.set_ylabel("best N")
-        right.legend()
-        right.set_title("the size rule")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    grid = np.geomspace(min(r["tokens"] for r in rows) / 2, 2e7, 60)
+    for width in sorted({r["width"] for r in rows}):
+        at = sorted((r for r in rows if r["width"] == width), key=lambda r: r["tokens"])
+        line = ax.plot([r["tokens"] for r in at], [r["val_bpb"] for r in at], "o")[0]
+        ax.plot(grid, predict(f, at[0]["n"], grid), "-", color=line.get_color(),
+                label=f"width {width} (N {at[0]['n']:,})")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens, D")
+    ax.set_ylabel("val_bpb")
+    terms = f"{f['A']:.3g} N^-{f['alpha']:.2f} + {f['B']:.3g} D^-{f['beta']:.2f}"
+    ax.set_title(f"val_bpb = {f['E']:.2f} + {terms}")
+    ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -172,14 +166,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--recipe", default="record")
     p.add_argument("--corpus", default="../shared/data/corpus")
-    p.add_argument("--budgets", default="500k,1M,2M,4M")
+    p.add_argument("--budgets", default="500k,1M,2M")
     p.add_argument("--widths", default="64,96,128,192")
-    p.add_argument("--skip", default="192@4M", help="cells left out, WIDTH@TOKENS,...")
+    p.add_argument("--skip", default="", help="cells left out, WIDTH@TOKENS,...")
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", type=Path, default=REPO / "experiments" / "size-rule")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "size-rule.png")
+    p.add_argument("--fit-only", action="store_true", help="fit the finished runs, train none")
     args = p.parse_args()
     skip = {(int(w), parse_tokens(t)) for w, t in (s.split("@") for s in args.skip.split(",") if s)}
     cells = [
@@ -188,26 +183,27 @@ def main() -> None:
         for w in args.widths.split(",")
         if (int(w), parse_tokens(t)) not in skip
     ]
-    train_grid(args, cells)
+    if args.fit_only:
+        cells = [c for c in cells if (run_dir(args.out, *c) / "summary.json").exists()]
+    else:
+        train_grid(args, cells)
     rows = read(args, cells)
     print(f"{'width':>5} {'tokens':>7} {'N':>10} {'val_bpb':>8} {'tokens/s':>9}")
     for r in rows:
         size = f"{r['width']:>5} {label(r['tokens']):>7} {r['n']:>10,}"
         print(f"{size} {r['val_bpb']:>8.4f} {r['tokens_per_s']:>9,.0f}")
-    result = fit(rows)
-    for m in result["minima"]:
-        ratio = m["tokens"] / m["n_star"]
+    f = fit(rows)
+    print(
+        f"fit: val_bpb = {f['E']:.4f} + {f['A']:.6g} N^-{f['alpha']:.2f} "
+        f"+ {f['B']:.6g} D^-{f['beta']:.2f}, rms residual {f['rms']:.4f}"
+    )
+    for r in rows:
+        r["fitted"] = float(predict(f, r["n"], r["tokens"]))
         print(
-            f"best N at {label(m['tokens'])} tokens: {m['n_star']:,.0f} ({ratio:.1f} per parameter)"
+            f"  width {r['width']}, {label(r['tokens'])}: {r['val_bpb']:.4f}, fit {r['fitted']:.4f}"
         )
-    for e in result["edge"]:
-        print(
-            f"{label(e['tokens'])} tokens: best at the edge (width {e['best_width']}), not fitted"
-        )
-    if "k" in result:
-        print(f"size rule: N* = {result['k']:.4g} * D^{result['a']:.4f}")
-    (args.out / "fit.json").write_text(json.dumps({"rows": rows, **result}, indent=1))
-    plot(rows, result, args.plot)
+    (args.out / "fit.json").write_text(json.dumps({"rows": rows, "fit": f}, indent=1))
+    plot(rows, f, args.plot)
     print(f"written {args.out / 'fit.json'} and {args.plot}")
 
 

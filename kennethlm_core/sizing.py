@@ -1,26 +1,25 @@
 """``--size auto``: the model's shape for a time budget, on the machine the run is on.
 
 A model trained for a fixed time can be small and see many tokens, or large and see few; the
-best trade lies between. For a budget of D training tokens the best number of parameters
-(outside the embedding tables and the read-out, as scaling laws count) follows a power law,
+best trade lies between, and where depends on the machine. The project's own runs of the
+record recipe at several sizes and token budgets (``benchmarks/size_rule.py``; the README's
+"The size rule" has the runs, the fit and its plot) fit the loss model of Hoffmann et al.
+(2022),
 
-    N*(D) = K * D ** A,
+    val_bpb(N, D) = E + A / N**alpha + B / D**beta,
 
-fitted by ``benchmarks/size_rule.py`` from this project's own runs of the record recipe at
-several token budgets (docs/size-rule.md has the runs, the fit and its plot). How many tokens
-a shape sees in the time depends on the machine, so ``--size auto`` measures it: for the
-shapes of SHAPES, smallest first, a few training steps of the run's own model, optimizer,
-batch, context and precision give tokens/s, and D = tokens/s x the time budget. It stops at the
-first shape at least as big as its own D asks for and takes that one or the one before,
-whichever is nearer to N*(D) on a log scale (all smaller than they ask: the largest).
+N being the parameters outside the embedding tables and the read-out, D the training tokens.
+``--size auto`` measures, for the shapes of SHAPES, smallest first, the tokens/s of a few
+training steps of the run's own model, optimizer, batch, context and precision; a shape then
+sees D = tokens/s x the time budget, and the shape with the lowest predicted val_bpb wins.
+Probing stops once the prediction has got worse than the best so far (it falls, then rises).
 
 Depth and width come from SHAPES (heads of 32 dimensions); batch, context and vocabulary stay
-the recipe's. The choice and every probe's figures go to summary.json (``size``).
+the recipe's. The choice, the fit and every probe's figures go to summary.json (``size``).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,14 +42,16 @@ SHAPES = (
     (12, 768),
 )
 HEAD_SIZE = 32
-# N*(D) = K * D**A: benchmarks/size_rule.py on the record recipe, see docs/size-rule.md
-K, A = 1.0, 0.5
+# val_bpb(N, D) = E + A / N**alpha + B / D**beta: benchmarks/size_rule.py, 2026-12-01, the
+# record recipe (r3) at widths 64-192 x 0.5M-2M tokens, seed 1; rms residual 0.0135
+FIT = {"E": 0.9419, "A": 13.9076, "alpha": 0.25, "B": 337.501, "beta": 0.45}
 PROBE_S = 1.5  # seconds of training steps per probed shape
 
 
-def best_n(tokens: float) -> float:
-    """N*(D): the best size outside the embedding for ``tokens`` training tokens."""
-    return K * tokens**A
+def predicted_bpb(n: float, tokens: float) -> float:
+    """The fitted val_bpb of a model with ``n`` parameters (body_params) after ``tokens``."""
+    f = FIT
+    return f["E"] + f["A"] * n ** -f["alpha"] + f["B"] * max(tokens, 1.0) ** -f["beta"]
 
 
 def shaped(cfg: RunConfig, n_layer: int, n_embd: int) -> RunConfig:
@@ -107,9 +108,8 @@ class Choice:
     probes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        rule = {"k": K, "a": A}
         return {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
-                "reason": self.reason, "rule": rule, "probes": self.probes}  # fmt: skip
+                "reason": self.reason, "fit": dict(FIT), "probes": self.probes}  # fmt: skip
 
 
 def choose(cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, log=print) -> Choice:
@@ -118,26 +118,24 @@ def choose(cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, log
     for n_layer, n_embd in SHAPES:
         rate, n = tokens_per_s(shaped(cfg, n_layer, n_embd), registry, vocab_size, device, autocast)
         tokens = rate * cfg.time
+        bpb = predicted_bpb(n, tokens)
         probes.append({"n_layer": n_layer, "n_embd": n_embd, "params": n,
                        "tokens_per_s": round(rate, 1), "tokens": round(tokens),
-                       "best_params": round(best_n(tokens))})  # fmt: skip
+                       "predicted_bpb": round(bpb, 4)})  # fmt: skip
         log(
-            f"size auto: {n_layer} x {n_embd}: {rate:,.0f} tokens/s, {tokens / 1e6:.1f}M tokens "
-            f"in {cfg.time:g}s, best size for those {best_n(tokens):,.0f}, this one {n:,}"
+            f"size auto: {n_layer} x {n_embd} ({n:,} parameters): {rate:,.0f} tokens/s, "
+            f"{tokens / 1e6:.1f}M tokens in {cfg.time:g}s, predicted val_bpb {bpb:.3f}"
         )
-        if n >= best_n(tokens):
-            break
-    off = [abs(math.log(p["params"] / p["best_params"])) for p in probes]
-    pick = probes[-1] if len(probes) == 1 or off[-1] <= off[-2] else probes[-2]
-    if pick["params"] < pick["best_params"] and pick is probes[-1]:
-        why = "the largest shape, and still smaller than its tokens ask for"
-    else:
-        why = "the shape nearest the size its tokens ask for"
+        if bpb > min(p["predicted_bpb"] for p in probes):
+            break  # past the best: bigger shapes see ever fewer tokens
+    pick = min(probes, key=lambda p: p["predicted_bpb"])
     n_head = max(1, pick["n_embd"] // HEAD_SIZE)
+    largest = pick is probes[-1] and len(probes) == len(SHAPES)
     reason = (
-        f"{pick['n_layer']} layers x {pick['n_embd']} ({n_head} heads): {why} "
-        f"({pick['params']:,} parameters for {pick['tokens'] / 1e6:.1f}M tokens; the rule "
-        f"N* = {K:.3g} D^{A:.3f} asks for {pick['best_params']:,})"
+        f"{pick['n_layer']} layers x {pick['n_embd']} ({n_head} heads): the lowest predicted "
+        f"val_bpb, {pick['predicted_bpb']:.3f}, for {pick['tokens'] / 1e6:.1f}M tokens at "
+        f"{pick['tokens_per_s']:,.0f} tokens/s ({pick['tokens'] / pick['params']:.0f} tokens "
+        f"per parameter){'; the largest shape there is' if largest else ''}"
     )
     return Choice(pick["n_layer"], n_head, pick["n_embd"], reason, probes)
 

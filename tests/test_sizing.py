@@ -4,7 +4,6 @@ a real run that trains the chosen shape and reports why, and the budgets it refu
 from __future__ import annotations
 
 import json
-import math
 from contextlib import nullcontext
 
 import pytest
@@ -31,42 +30,53 @@ def fake_probes(monkeypatch, rates: dict[tuple[int, int], float], n: dict[tuple[
 
 SHAPES = ((2, 64), (4, 64), (4, 128), (4, 256))
 N = {(2, 64): 100_000, (4, 64): 200_000, (4, 128): 800_000, (4, 256): 3_200_000}
+FIT = {"E": 1.0, "A": 10.0, "alpha": 0.25, "B": 100.0, "beta": 0.35}
 
 
-@pytest.mark.parametrize(
-    ("k", "probed", "chosen"),
-    [
-        (400.0, 4, (4, 128)),  # 1,000 s x 10k tok/s = 10M tokens: N* = 400 sqrt(1e7) = 1.26M
-        (1000.0, 4, (4, 256)),  # N* = 3.16M: only the largest is as big, and it is nearest
-        (10.0, 1, (2, 64)),  # N* = 31.6k: the smallest is already bigger
-        (1e4, 4, (4, 256)),  # N* = 31.6M: every shape is smaller, the largest is taken
-    ],
-)
-def test_the_shape_nearest_the_rule_on_a_log_scale(monkeypatch, registry, k, probed, chosen):
+def choice(monkeypatch, registry, rates, time=1000.0):
     monkeypatch.setattr(sizing, "SHAPES", SHAPES)
-    monkeypatch.setattr(sizing, "K", k)
-    monkeypatch.setattr(sizing, "A", 0.5)
-    seen = fake_probes(monkeypatch, dict.fromkeys(SHAPES, 10_000.0), N)
-    cfg = tiny_config(registry).replace(time=1000.0, steps=0)
-    choice = sizing.choose(cfg, registry, 50, torch.device("cpu"), None, log=lambda m: None)
-    assert len(seen) == probed  # probing stops at the first shape as big as its budget asks
-    assert (choice.n_layer, choice.n_embd) == chosen
-    assert choice.n_head == chosen[1] // 32
-    nearest = min(choice.probes, key=lambda p: abs(math.log(p["params"] / p["best_params"])))
-    assert (nearest["n_layer"], nearest["n_embd"]) == chosen
-    assert all(p["tokens"] == 10_000_000 for p in choice.probes)
+    monkeypatch.setattr(sizing, "FIT", FIT)
+    seen = fake_probes(monkeypatch, rates, N)
+    cfg = tiny_config(registry).replace(time=time, steps=0)
+    return sizing.choose(cfg, registry, 50, torch.device("cpu"), None, log=lambda m: None), seen
 
 
-def test_a_faster_machine_gets_a_bigger_model(monkeypatch, registry):
-    monkeypatch.setattr(sizing, "SHAPES", SHAPES)
-    monkeypatch.setattr(sizing, "K", 400.0)
-    cfg = tiny_config(registry).replace(time=1000.0, steps=0)
-    chosen = []
-    for rate in (1_000.0, 10_000.0, 100_000.0):
-        fake_probes(monkeypatch, dict.fromkeys(SHAPES, rate), N)
-        c = sizing.choose(cfg, registry, 50, torch.device("cpu"), None, log=lambda m: None)
-        chosen.append(c.n_embd * c.n_layer)
-    assert chosen == sorted(chosen) and chosen[0] < chosen[-1]
+def test_the_shape_with_the_lowest_predicted_bpb_wins_and_probing_stops_past_it(
+    monkeypatch, registry
+):
+    # tokens/s falling about as 1/N: a bigger model sees fewer tokens in the same time
+    rates = {(2, 64): 40_000.0, (4, 64): 20_000.0, (4, 128): 5_000.0, (4, 256): 1_250.0}
+    c, seen = choice(monkeypatch, registry, rates)
+    predicted = {s: sizing.predicted_bpb(N[s], rates[s] * 1000.0) for s in SHAPES}
+    best = min(predicted, key=predicted.get)
+    assert (c.n_layer, c.n_embd) == best and c.n_head == best[1] // 32
+    assert best != SHAPES[-1]  # the case is interesting: the prediction rises after the best
+    assert seen == list(SHAPES[: SHAPES.index(best) + 2])  # one past the best, no further
+    assert [p["predicted_bpb"] for p in c.probes] == [round(predicted[s], 4) for s in seen]
+    assert "lowest predicted val_bpb" in c.reason and "tokens per parameter" in c.reason
+
+
+def test_a_faster_machine_or_a_longer_budget_gets_a_bigger_model(monkeypatch, registry):
+    def slope(speed):  # tokens/s about 1/N, times a machine's speed
+        return {s: speed * 4e9 / N[s] for s in SHAPES}
+
+    sizes = []
+    for speed, time in ((0.1, 60.0), (1.0, 60.0), (1.0, 3600.0), (10.0, 3600.0)):
+        c, _ = choice(monkeypatch, registry, slope(speed), time)
+        sizes.append(N[c.n_layer, c.n_embd])
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_the_predicted_bpb_is_the_fitted_loss_model(monkeypatch):
+    monkeypatch.setattr(sizing, "FIT", FIT)
+    assert sizing.predicted_bpb(1e4, 1e6) == pytest.approx(1 + 10 * 1e4**-0.25 + 100 * 1e6**-0.35)
+
+
+def test_the_project_fit_is_filled_in_and_prefers_more_tokens_and_parameters():
+    f = sizing.FIT
+    assert f["E"] > 0 and f["A"] > 0 and f["B"] > 0 and f["alpha"] > 0 and f["beta"] > 0
+    assert sizing.predicted_bpb(1e6, 1e7) < sizing.predicted_bpb(1e6, 1e6)
+    assert sizing.predicted_bpb(1e6, 1e7) < sizing.predicted_bpb(1e5, 1e7)
 
 
 def test_body_params_leave_out_the_embedding_tables(registry):
@@ -87,7 +97,7 @@ def test_a_probe_measures_real_training_steps(registry):
 def test_klm_run_size_auto_trains_the_chosen_shape_and_says_why(tmp_path, klm, monkeypatch):
     monkeypatch.setattr(sizing, "SHAPES", ((1, 32), (2, 64), (2, 96)))
     monkeypatch.setattr(sizing, "PROBE_S", 0.05)
-    monkeypatch.setattr(sizing, "K", 0.05)  # small: N* = 0.05 sqrt(D), a few hundred
+    monkeypatch.setattr(sizing, "FIT", FIT)
     out = tmp_path / "run"
     args = ["--block-size", "16", "--batch-size", "4", "--set", "final_eval_bytes=1024"]
     code, _, err = klm("run", "--time", "2s", "--size", "auto", *args, "--out", out, "-q")
@@ -98,8 +108,8 @@ def test_klm_run_size_auto_trains_the_chosen_shape_and_says_why(tmp_path, klm, m
     assert (config["n_layer"], config["n_embd"], config["n_head"]) == (
         size["n_layer"], size["n_embd"], size["n_head"],
     )  # fmt: skip
-    assert config["size"] == "auto" and size["rule"] == {"k": 0.05, "a": sizing.A}
-    assert size["probes"][0]["tokens_per_s"] > 0 and "nearest" in size["reason"]
+    assert config["size"] == "auto" and size["fit"] == FIT
+    assert size["probes"][0]["tokens_per_s"] > 0 and "lowest predicted" in size["reason"]
 
 
 @pytest.mark.parametrize(
