@@ -115,6 +115,7 @@ class Choice:
 def choose(cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, log=print) -> Choice:
     """The shape for ``cfg``'s time budget on this machine (see the module docstring)."""
     probes: list[dict[str, Any]] = []
+    best = float("inf")
     for n_layer, n_embd in SHAPES:
         rate, n = tokens_per_s(shaped(cfg, n_layer, n_embd), registry, vocab_size, device, autocast)
         tokens = rate * cfg.time
@@ -126,8 +127,9 @@ def choose(cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, log
             f"size auto: {n_layer} x {n_embd} ({n:,} parameters): {rate:,.0f} tokens/s, "
             f"{tokens / 1e6:.1f}M tokens in {cfg.time:g}s, predicted val_bpb {bpb:.3f}"
         )
-        if bpb > min(p["predicted_bpb"] for p in probes):
+        if bpb > best:
             break  # past the best: bigger shapes see ever fewer tokens
+        best = bpb
     pick = min(probes, key=lambda p: p["predicted_bpb"])
     n_head = max(1, pick["n_embd"] // HEAD_SIZE)
     largest = pick is probes[-1] and len(probes) == len(SHAPES)

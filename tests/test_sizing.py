@@ -132,3 +132,12 @@ def test_a_comparison_refuses_size_auto(klm, tmp_path):
     code, _, err = klm("compare", *args, "--size", "auto", "--out", tmp_path / "exp")
     assert_one_line_error(code, err, "asks for --size auto", "give --n-layer, --n-embd")
     assert not (tmp_path / "exp").exists()
+
+
+def test_probing_goes_on_while_the_prediction_falls_whatever_its_rounding(monkeypatch, registry):
+    """The stop compares unrounded predictions (a rounded one below its own value once
+    stopped the probing at the first shape)."""
+    predictions = iter([3.00004, 2.00004, 1.00004, 1.5])
+    monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens: next(predictions))
+    c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
+    assert seen == list(SHAPES) and (c.n_layer, c.n_embd) == SHAPES[2]
