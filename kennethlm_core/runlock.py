@@ -1,19 +1,22 @@
 """One process at a time in a folder: a run folder while it trains, an experiment folder while
 its comparison runs.
 
-The lock is an OS lock (``flock``) on a hidden file in the folder, ``.klm.lock``, which also
-holds the pid of the process holding it and what it does there, so that a second process is
-refused with the pid that is in its way. The OS drops the lock when its process ends, however
-it ends (SIGKILL included): a lock file left by a dead process is taken over by the next one.
-
-The file stays in the folder (removing it would let a process that opened it just before
-lock a file no longer there); only a folder that ends as nothing but the lock, a start that
-failed, is cleaned up. Where ``fcntl`` is missing (Windows) folders are not locked.
+The lock is an OS lock (``flock``) on a file kept beside the token cache, under
+``locks/`` and named by a hash of the folder's resolved path (nothing is ever written into a
+folder of the user's for it: a refused start leaves the folder exactly as it was). The file
+holds the pid of the process holding the lock and what it does there, so that a second
+process is refused with the pid that is in its way. The OS drops the lock when its process
+ends, however it ends (SIGKILL included): a lock file left by a dead process is taken over by
+the next one. Lock files stay (removing one would let a process that opened it just before
+lock a file no longer there); they are a few bytes each. Where ``fcntl`` is missing (Windows)
+folders are not locked; processes on other machines sharing a network folder do not see
+each other's locks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +28,18 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-LOCK = ".klm.lock"
+
+def lock_file(folder: str | os.PathLike) -> Path:
+    """The lock file of ``folder``: beside the token cache, named by its resolved path."""
+    from kennethlm_core.data import cache_root
+
+    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:20]
+    return cache_root() / "locks" / f"{key}.lock"
 
 
 @contextlib.contextmanager
 def hold(folder: str | os.PathLike, doing: str) -> Iterator[None]:
-    """Hold ``folder``'s lock for the block, creating the folder if needed.
+    """Hold ``folder``'s lock for the block.
 
     ``doing`` says what this process does there ("training this run"), for the message
     another process gets: ``ConfigError`` naming this process's pid."""
@@ -38,13 +47,14 @@ def hold(folder: str | os.PathLike, doing: str) -> Iterator[None]:
     if fcntl is None or (folder.exists() and not folder.is_dir()):
         yield  # nothing to lock (a file given as a folder is refused by the caller)
         return
-    created = not folder.exists()
-    path = folder / LOCK
+    path = lock_file(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise ConfigError(f"cannot lock {folder} ({e.strerror}); is the folder writable?") from None
+        raise ConfigError(
+            f"cannot lock {folder} ({e.strerror}: {path}); is the cache folder writable?"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # held by another process
@@ -62,11 +72,6 @@ def hold(folder: str | os.PathLike, doing: str) -> Iterator[None]:
         os.write(fd, f"{os.getpid()} {doing}\n".encode())
         yield
     finally:
-        with contextlib.suppress(OSError):
-            if [p.name for p in folder.iterdir()] == [LOCK]:  # nothing written: leave no trace
-                path.unlink()
-                if created:
-                    folder.rmdir()
         os.close(fd)  # releases the lock
 
 

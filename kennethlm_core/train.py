@@ -141,8 +141,7 @@ def check_run_dir(out: Path, cfg: RunConfig, force: bool) -> None:
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
-    empty = not out.exists() or all(p.name == runlock.LOCK for p in out.iterdir())
-    if empty or force and (out / "config.json").exists():
+    if not out.exists() or not any(out.iterdir()) or force and (out / "config.json").exists():
         return
     existing = out / "config.json"
     if not existing.exists():

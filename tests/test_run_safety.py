@@ -97,7 +97,7 @@ def test_a_live_runs_folder_is_refused_naming_its_pid_and_taken_over_once_it_is_
     finally:
         first.kill()  # SIGKILL: the lock file stays behind, naming a dead process
         first.communicate()
-    assert (run / runlock.LOCK).read_text() == f"{first.pid} training this run\n"
+    assert runlock.lock_file(run).read_text() == f"{first.pid} training this run\n"
     step = kill_loop.checkpoint_state(run)
     code, out, err = klm("run", "--resume", run, "--steps", step + 5, "-q")
     assert code == 0, err
