@@ -112,7 +112,7 @@ def bare_loop(cfg, registry, warmup: int) -> float:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.tokenizer.vocab_size, registry)
     optimizer = registry.get("optimizer", cfg.optimizer).factory(cfg, model)
-    autocast = Precision(cfg.dtype if cfg.dtype != "auto" else "float32", "bare").autocast
+    autocast = Precision(cfg.dtype, "bare").autocast  # main() always gives the dtype
     tokens = torch.from_numpy(data.train.tokens.astype(np.int64))
     T, B = cfg.block_size, cfg.batch_size
     start = 0.0
