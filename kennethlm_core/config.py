@@ -59,6 +59,9 @@ class RunConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
+    # sequence-length warm-up: over this fraction of the budget the training rows are a
+    # quarter, then half of block_size long (the same tokens per step); 0: off
+    seq_warmup: float = 0.0
     # budget: training stops at the first limit reached; 0 means no limit of that kind
     steps: int = 600
     tokens: int = 0
@@ -418,6 +421,12 @@ def check_values(cfg: RunConfig) -> None:
     need(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
     need(cfg.grad_clip >= 0, f"grad_clip must be >= 0 (0 turns it off), got {cfg.grad_clip}")
     need(cfg.warmup_steps >= 0, f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    need(0 <= cfg.seq_warmup < 1, f"seq_warmup must be in [0, 1), got {cfg.seq_warmup}")
+    need(
+        not cfg.seq_warmup or cfg.block_size % 4 == 0,
+        f"seq_warmup needs a block_size divisible by 4 (it trains on quarter and half rows "
+        f"first), got {cfg.block_size}; try --block-size {max(4, cfg.block_size // 4 * 4)}",
+    )
     for key in BUDGET_KEYS:
         need(getattr(cfg, key) >= 0, f"{key} must be >= 0, got {getattr(cfg, key)}")
     need(
@@ -450,7 +459,17 @@ def check_values(cfg: RunConfig) -> None:
 
 
 def check_pairs(chosen: dict[str, Any], registry: Any) -> None:
-    """Refuse pairs where one component needs a feature the other does not provide."""
+    """Refuse pairs where one component needs a feature the other does not provide, and two
+    tweaks that hold the same model seam (``register(..., seams={"block_input"})``)."""
+    held: dict[str, Any] = {}
+    for comp in chosen.values():
+        for seam in sorted(comp.extra.get("seams", ())):
+            if seam in held:
+                raise ConfigError(
+                    f"tweak '{comp.name}' cannot be used with tweak '{held[seam].name}': both "
+                    f"hold the model's {seam} seam; choose one of them"
+                )
+            held[seam] = comp
     for comp in chosen.values():
         for slot, needed in comp.requires.items():
             other = chosen.get(slot)

@@ -127,9 +127,19 @@ def klm_register_tweak(register):
       gives the head a parameter of its own);
     - ``block.attn.qk_transform``: a module ``(q, k) -> (q, k)`` on (B, H, T, D), applied
       before the posemb rotates them (QK-norm);
+    - ``model.token_input``: a module ``(idx, x) -> x`` on the token embeddings (B, T, C),
+      before positions and dropout (a hashed bigram embedding);
+    - ``model.block_input``: the block wiring, a module ``(i, x, xs) -> x`` giving block i its
+      input, where ``x`` is the stream so far and ``xs`` the list of the embedded input
+      followed by the outputs of blocks 0 .. i-1, so ``x is xs[-1]`` (per-layer residual
+      scalars, U-net skips);
+    - ``model.value_input``: a module ``(i, idx) -> (B, T, C) or None``, added to the values of
+      block i's attention before they are split into heads (value embeddings);
     - ``model.logits_transform``: a module ``logits -> logits`` (soft-capping).
 
-    Both transforms are None in a plain GPT, which is then unchanged. A tweak that does not
+    Every seam is None in a plain GPT, which is then unchanged. A seam holds one tweak:
+    declare the seams a tweak sets (``register(..., seams={"block_input"})``) and a run that
+    lists two tweaks holding one seam is refused before training. A tweak that does not
     find the seam it needs (a bigram model has none) raises ``errors.ConfigError``. It must be
     deterministic given the torch seed, and may declare ``options`` like any component.
     """

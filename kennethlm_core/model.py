@@ -39,9 +39,11 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.qk_transform = None  # a tweak's (q, k) -> (q, k), e.g. QK-norm (hookspecs.py)
 
-    def forward(self, x, posemb, bias):
+    def forward(self, x, posemb, bias, ve=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
+        if ve is not None:  # value embeddings (B, T, C), from the model's value_input seam
+            v = v + ve
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.qk_transform is not None:
             q, k = self.qk_transform(q, k)
@@ -62,13 +64,13 @@ class Block(nn.Module):
         self.ln_2 = parts.norm(cfg, cfg.n_embd)
         self.mlp = parts.mlp(cfg)
 
-    def forward(self, x, posemb, bias):
+    def forward(self, x, posemb, bias, ve=None):
         if self.residual:
-            x = x + self.attn(self.ln_1(x), posemb, bias)
+            x = x + self.attn(self.ln_1(x), posemb, bias, ve)
             if self.mlp is not None:
                 x = x + self.mlp(self.ln_2(x))
         else:  # the ladder's "before residual connections" step
-            x = self.attn(self.ln_1(x), posemb, bias)
+            x = self.attn(self.ln_1(x), posemb, bias, ve)
             if self.mlp is not None:
                 x = self.mlp(self.ln_2(x))
         return x
@@ -85,10 +87,11 @@ class GPT(nn.Module):
         self.ln_f = parts.norm(cfg, cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying: one matrix reads and writes tokens
-        self.logits_transform = None  # a tweak's logits -> logits, e.g. soft-capping
-        # a tweak's (layer, x, x0) -> x before each block, x0 being the embedded input: how
-        # blocks are wired (per-layer residual scalars, U-net skips); None: the plain stack
-        self.block_input = None
+        # the seams tweaks use (hookspecs.klm_register_tweak); None: a plain GPT
+        self.token_input = None  # (idx, x) -> x on the token embeddings (hashed bigrams)
+        self.block_input = None  # (i, x, xs) -> x before block i: how blocks are wired
+        self.value_input = None  # (i, idx) -> (B, T, C) or None, added to block i's values
+        self.logits_transform = None  # logits -> logits (soft-capping)
 
         self.apply(init_weights)
         for name, p in self.named_parameters():
@@ -99,12 +102,18 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.block_size}")
-        x = x0 = self.drop(self.posemb.embed(self.wte(idx)))
+        x = self.wte(idx)
+        if self.token_input is not None:
+            x = self.token_input(idx, x)
+        x = self.drop(self.posemb.embed(x))
         bias = self.posemb.score_bias(T, idx.device)
+        xs = [x]  # the embedded input, then each block's output
         for i, block in enumerate(self.blocks):
             if self.block_input is not None:
-                x = self.block_input(i, x, x0)
-            x = block(x, self.posemb, bias)
+                x = self.block_input(i, x, xs)
+            ve = self.value_input(i, idx) if self.value_input is not None else None
+            x = block(x, self.posemb, bias, ve)
+            xs.append(x)
         logits = self.lm_head(self.ln_f(x))
         if self.logits_transform is not None:
             logits = self.logits_transform(logits)

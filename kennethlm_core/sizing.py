@@ -10,9 +10,10 @@ record recipe at several sizes and token budgets (``benchmarks/size_rule.py``; t
 
 N being the parameters outside the embedding tables and the read-out, D the training tokens.
 ``--size auto`` measures, for the shapes of SHAPES, smallest first, the tokens/s of a few
-training steps of the run's own model, optimizer, batch, context and precision; a shape then
-sees D = tokens/s x the time budget, and the shape with the lowest predicted val_bpb wins.
-Probing stops once the prediction has got worse than the best so far (it falls, then rises).
+training steps of the run's own model, optimizer, batch, context, precision and compilation;
+a shape then sees D = tokens/s x the time budget, and the shape with the lowest predicted
+val_bpb wins. Probing stops once the prediction has got worse than the best so far (it
+falls, then rises).
 
 Depth and width come from SHAPES (heads of 32 dimensions); batch, context and vocabulary stay
 the recipe's. The choice, the fit and every probe's figures go to summary.json (``size``).
@@ -73,19 +74,21 @@ def tokens_per_s(
     cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, seconds: float = PROBE_S
 ) -> tuple[float, int]:
     """(tokens/s of a few training steps of ``cfg``'s model, its body_params), on random
-    tokens, with the run's optimizer and precision (``autocast``: a context manager)."""
+    tokens, with the run's optimizer, precision (``autocast``: a context manager) and
+    ``compile`` (whose compilation, in the first step, is not counted)."""
     from kennethlm_core.model import build_model
 
     rng = torch.get_rng_state()
     torch.manual_seed(0)
     model = build_model(cfg, vocab_size, registry).to(device)
     optimizer = registry.get("optimizer", cfg.optimizer).factory(cfg, model)
+    step = torch.compile(model) if cfg.compile else model
     x = torch.randint(0, vocab_size, (cfg.batch_size, cfg.block_size), device=device)
     y = torch.roll(x, -1, dims=1)
     steps, start = -1, 0.0  # the first step warms up and is not counted
     while steps < 3 or time.perf_counter() - start < seconds:
         with autocast():
-            _, loss = model(x, y)
+            _, loss = step(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()

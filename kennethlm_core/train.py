@@ -530,6 +530,8 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * multiplier
             x, y = dist.shard(*batches.next())  # each rank: its rows of the global batch
+            if cfg.seq_warmup:
+                x, y = shorter_rows(x, y, clock.progress(cfg), cfg.seq_warmup)
             with autocast:
                 _, loss = step_fn(x, y)
             scaler.scale(loss).backward()
@@ -598,6 +600,16 @@ def _train(
         atomic_write_json(out / "summary.json", summary)
     dist.barrier()
     return summary
+
+
+def shorter_rows(x: torch.Tensor, y: torch.Tensor, progress: float, warmup: float):
+    """The sequence-length warm-up: during the first ``warmup`` of the budget each (B, T)
+    batch is cut into rows of T/4, then T/2 tokens (the same tokens, each row attending only
+    within itself); after it, the batch as it is."""
+    if progress >= warmup:
+        return x, y
+    t = x.size(1) // (4 if progress < warmup / 2 else 2)
+    return x.reshape(-1, t), y.reshape(-1, t)
 
 
 def snapshot_path(run_dir: str | Path, step: int) -> Path:

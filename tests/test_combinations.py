@@ -3,7 +3,7 @@
 - every attention x posemb x tokenizer, with the defaults elsewhere;
 - every other model, norm, mlp, optimizer and schedule, one at a time, with the defaults
   elsewhere;
-- every tweak on its own, and all tweaks together.
+- every tweak on its own, and all tweaks together (but one tweak per model seam).
 
 For each, a tiny GPT on the embedded sample does forward and backward with finite values, is
 causal, lowers its held-out loss over a few dozen steps, and gives identical logits after a
@@ -65,8 +65,14 @@ def combinations() -> list[dict[str, str]]:
         grid += [{slot: name} for name in REGISTRY.names(slot) if name != getattr(DEFAULTS, slot)]
     tweaks = REGISTRY.names("tweak")
     grid += [{"tweak": name} for name in tweaks]
-    if len(tweaks) > 1:
-        grid.append({"tweak": ",".join(tweaks)})
+    together, held = [], set()  # a tweak holding a seam already held cannot join
+    for name in tweaks:
+        seams = set(REGISTRY.get("tweak", name).extra.get("seams", ()))
+        if not seams & held:
+            together.append(name)
+            held |= seams
+    if len(together) > 1:
+        grid.append({"tweak": ",".join(together)})
     return grid
 
 

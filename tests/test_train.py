@@ -212,3 +212,40 @@ def test_a_branch_needs_the_same_tokenizer(straight, tmp_path, registry):
     with pytest.raises(ConfigError, match="its tokenizer is 'char'.*same tokenizer"):
         train(cfg.replace(tokenizer="byte"), tmp_path / "b", registry=registry, init_from=run)
     assert not (tmp_path / "b").exists()
+
+
+# -- the sequence-length warm-up -------------------------------------------------------------
+
+
+def test_shorter_rows_are_the_same_tokens_cut_into_quarters_then_halves():
+    from kennethlm_core.train import shorter_rows
+
+    x = torch.arange(2 * 16).view(2, 16)
+    y = x + 100
+    quarter, targets = shorter_rows(x, y, progress=0.1, warmup=0.4)
+    assert quarter.shape == (8, 4) and torch.equal(quarter.flatten(), x.flatten())
+    assert torch.equal(targets, quarter + 100)  # each target stays with its input
+    assert shorter_rows(x, y, 0.2, 0.4)[0].shape == (4, 8)
+    assert shorter_rows(x, y, 0.4, 0.4)[0] is x
+
+
+def test_a_run_with_sequence_warmup_trains_on_short_rows_first(tmp_path):
+    from kennethlm_core.model import GPT
+
+    class Recording(GPT):
+        shapes = []
+
+        def forward(self, idx, targets=None):
+            if targets is not None:  # a training step, not an evaluation
+                Recording.shapes.append(tuple(idx.shape))
+            return super().forward(idx, targets)
+
+    plugin = types.ModuleType("recording")
+    plugin.klm_register_model = hookimpl(lambda register: register("recording", Recording))
+    reg = Registry(entry_points=False)
+    reg.add_plugin(plugin, "recording", "test")
+    summary = train(
+        tiny_config(reg, model="recording", seq_warmup=0.5), tmp_path / "w", registry=reg
+    )
+    assert Recording.shapes == [(16, 4)] * 5 + [(8, 8)] * 5 + [(4, 16)] * 10  # 20 steps
+    assert summary["tokens_seen"] == 20 * 4 * 16  # the same tokens per step throughout

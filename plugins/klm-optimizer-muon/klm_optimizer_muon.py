@@ -12,7 +12,8 @@ Everything else (the token embedding and the tied output head, learned positions
 gains, biases) is not a hidden matrix and is trained with AdamW, as in the ``adamw``
 optimizer. One optimizer holds both kinds of group, so the trainer's schedule and the
 checkpoint treat it like any other: each group has its own base lr (``muon_lr`` for the
-matrices, ``lr`` for the rest).
+matrices, ``lr`` for the rest, except that ``muon_embed_lr`` and ``muon_head_lr``, when not 0,
+give the token tables and an untied head rates of their own, as the speedruns do).
 """
 
 from __future__ import annotations
@@ -134,8 +135,21 @@ def make(cfg, model):
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     hidden = [p for n, p in named if is_hidden_matrix(n, p, model)]
     other = [p for n, p in named if not is_hidden_matrix(n, p, model)]
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    head = getattr(model, "lm_head", None)
+    untied = head is not None and id(head.weight) not in embeddings
+    head_ids = {id(head.weight)} if untied else set()
+    rate = {  # AdamW's lr for token tables and an untied head; 0: lr
+        "embed": float(cfg.get("muon_embed_lr")) or cfg.lr,
+        "head": float(cfg.get("muon_head_lr")) or cfg.lr,
+    }
+    matrices = [p for p in other if p.dim() >= 2 and id(p) not in embeddings | head_ids]
     groups = [  # AdamW groups first: the trainer logs the first group's lr
-        {"params": [p for p in other if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": matrices, "weight_decay": cfg.weight_decay},
+        {"params": [p for p in other if id(p) in embeddings], "lr": rate["embed"],
+         "weight_decay": cfg.weight_decay},
+        {"params": [p for p in other if id(p) in head_ids], "lr": rate["head"],
+         "weight_decay": cfg.weight_decay},
         {"params": [p for p in other if p.dim() < 2], "weight_decay": 0.0},
         {
             "params": hidden,
@@ -143,7 +157,7 @@ def make(cfg, model):
             "lr": float(cfg.get("muon_lr")),
             "weight_decay": float(cfg.get("muon_weight_decay")),
         },
-    ]
+    ]  # fmt: skip
     return Muon(
         [g for g in groups if g["params"]],
         lr=cfg.lr,
@@ -167,5 +181,7 @@ def klm_register_optimizer(register):
             "muon_momentum": 0.95,
             "muon_ns_steps": 5,
             "muon_weight_decay": 0.0,
+            "muon_embed_lr": 0.0,
+            "muon_head_lr": 0.0,
         },
     )

@@ -22,8 +22,8 @@ class ResidualScalars(nn.Module):
         self.keep = nn.Parameter(torch.ones(n_layer))  # lambda: the stream so far
         self.embedded = nn.Parameter(torch.zeros(n_layer))  # mu: the embedded input x0
 
-    def forward(self, i: int, x, x0):
-        return self.keep[i] * x + self.embedded[i] * x0
+    def forward(self, i: int, x, xs):
+        return self.keep[i] * x + self.embedded[i] * xs[0]  # xs[0]: the embedded input
 
 
 def apply(model, cfg):
@@ -40,4 +40,5 @@ def klm_register_tweak(register):
         "residual-scalars",
         apply,
         "per-layer learned scalars: x <- lambda x + mu x0 before each block (x0 lambdas)",
+        seams={"block_input"},
     )

@@ -162,3 +162,14 @@ def test_checkpoint_round_trip_keeps_the_momentum(tmp_path):
         step(model2, optimizer2, s)
     for a, b in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_token_tables_and_an_untied_head_may_have_learning_rates_of_their_own():
+    _, model, optimizer = setup(tweak="untied-head", muon_embed_lr=0.05, muon_head_lr=0.004)
+    lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lr[id(model.wte.weight)] == 0.05
+    assert lr[id(model.lm_head.weight)] == 0.004
+    assert lr[id(model.blocks[0].ln_1.weight)] == 1e-3  # gains keep lr
+    _, tied, optimizer = setup(muon_embed_lr=0.05, muon_head_lr=0.004)
+    lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lr[id(tied.lm_head.weight)] == 0.05  # tied: the head is the embedding
