@@ -135,8 +135,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     rng: dict[str, torch.Tensor],
     meta: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Everything a resumed run needs, in one file written atomically."""
+    """Everything a resumed run needs, in one file written atomically; ``extra``: other
+    tensors to keep (the callbacks' state), which load_checkpoint returns as meta["extra"]."""
     state = unique_state(model)
     check_finite(state, path)
     tensors = {f"model.{k}": v for k, v in state.items()}
@@ -150,12 +152,15 @@ def save_checkpoint(
                 scalars[f"{pid}.{name}"] = value
     for name, state in rng.items():
         tensors[f"rng.{name}"] = state.contiguous().cpu()
+    for name, t in (extra or {}).items():
+        tensors[f"extra.{name}"] = t.detach().contiguous().cpu()
     klm = {**meta, "param_groups": opt["param_groups"], "optim_scalars": scalars}
     atomic_write_bytes(path, save(tensors, metadata={"klm": json.dumps(klm)}))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """All tensors of a checkpoint (``model.*``, ``optim.*``, ``rng.*``) and its metadata."""
+    """All tensors of a checkpoint (``model.*``, ``optim.*``, ``rng.*``, ``extra.*``) and its
+    metadata."""
     path = Path(path)
     tensors = _read(path)
     try:
@@ -189,4 +194,7 @@ def load_checkpoint(
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: optimizer state does not fit ({e})") from None
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    if extra:
+        meta["extra"] = extra
     return rng, meta

@@ -102,6 +102,13 @@ def run_options(f):
             help="A model tweak (klm list-plugins), applied after the model is built; "
             "repeatable, in order. Replaces the recipe's tweaks.",
         ),
+        click.option(
+            "--callback",
+            multiple=True,
+            metavar="NAME",
+            help="A training-loop callback (klm list-plugins), e.g. ema; repeatable, in order. "
+            "Replaces the recipe's callbacks.",
+        ),
         click.option("--vocab-size", type=int, help="Tokenizer vocabulary size (0: its default)."),
         click.option("--corpus", help="A corpus name (sample, dagw, dynaword) or a path."),
         click.option("--mix", help="Domain weights for training batches: books=0.5,speech=0.5."),
@@ -157,12 +164,15 @@ def overrides_from(params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         params["time"] = params.pop("time_")
     params.pop("time_", None)
     tweaks = params.pop("tweak", ()) or ()
+    callbacks = params.pop("callback", ()) or ()
     if params.get("compile_") is not None:
         params["compile"] = params.pop("compile_")
     params.pop("compile_", None)
     overrides = {k: v for k, v in params.items() if v is not None}
     if tweaks:
         overrides["tweak"] = ",".join(tweaks)
+    if callbacks:
+        overrides["callback"] = ",".join(callbacks)
     overrides.update(parse_set(settings))
     return recipe, overrides
 

@@ -7,6 +7,7 @@ defaults: subclass it and override what your idea changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -282,3 +283,58 @@ class Task:
 
     def evaluate(self, lm: Any, *, data: str | None = None, limit: int | None = None) -> TaskResult:
         raise NotImplementedError
+
+
+@dataclass
+class Loop:
+    """What a training-loop callback sees: the live run. ``clock`` is the training clock
+    (``clock.step``, ``clock.tokens``, ``clock.train_time``); ``is_main`` is False in every
+    process of a multi-process run but the first (which alone evaluates, logs and writes)."""
+
+    cfg: Any
+    out: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    clock: Any
+    log: Any
+    is_main: bool = True
+
+
+class Callback:
+    """Code the trainer runs at fixed points of its loop (the ``callback`` slot:
+    ``factory(cfg) -> Callback``); every method is optional and gets the live ``Loop``.
+
+    - ``started(loop)``: the model and optimizer are built (and restored, when resuming);
+    - ``stepped(loop)``: after each optimizer step, in every process (``loop.step`` counts it);
+    - ``evaluating(loop)``: a context manager around every evaluation and around the final
+      scoring and saving of ``model.safetensors`` (an EMA swaps its weights in there);
+    - ``evaluated(loop, row)``: each row written to metrics.jsonl;
+    - ``finished(loop, summary)``: after summary.json is written;
+    - ``state_dict()`` / ``load_state_dict(state)``: tensors kept in the checkpoint, so that a
+      resumed run continues the callback exactly.
+
+    Only the first process of a multi-process run evaluates, so only there are
+    ``evaluating``, ``evaluated`` and ``finished`` called. A callback must not change the
+    training itself (the weights between steps, the data): that is what the other slots are for.
+    """
+
+    def started(self, loop: Loop) -> None:
+        pass
+
+    def stepped(self, loop: Loop) -> None:
+        pass
+
+    def evaluating(self, loop: Loop) -> Any:
+        return contextlib.nullcontext()
+
+    def evaluated(self, loop: Loop, row: dict[str, Any]) -> None:
+        pass
+
+    def finished(self, loop: Loop, summary: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass

@@ -41,6 +41,7 @@ class RunConfig:
     corpus: str = "sample"  # a registered corpus name, or a path (file, folder, glob)
     mix: str = ""  # domain weights for training batches, "books=0.5,speech=0.5"; "" = natural
     tweak: str = ""  # model tweaks applied after the model is built, in order: "qk-norm,softcap"
+    callback: str = ""  # training-loop callbacks, in order: "ema"
     # model shape
     n_layer: int = 4
     n_head: int = 4
@@ -353,15 +354,17 @@ def selected_components(cfg: RunConfig, registry: Any) -> dict[str, Any]:
     chosen["corpus"] = corpus_component(cfg.corpus, registry)
     for name in tweak_names(cfg.tweak):
         chosen[f"tweak {name}"] = registry.get("tweak", name)
+    for name in tweak_names(cfg.callback, "callback"):
+        chosen[f"callback {name}"] = registry.get("callback", name)
     return chosen
 
 
-def tweak_names(text: str) -> list[str]:
-    """'qk-norm, softcap' -> ['qk-norm', 'softcap']: the run's tweaks, in order."""
+def tweak_names(text: str, slot: str = "tweak") -> list[str]:
+    """'qk-norm, softcap' -> ['qk-norm', 'softcap']: the run's tweaks (or callbacks), in order."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ConfigError(f"tweak {', '.join(repeated)} is listed twice; give each tweak once")
+        raise ConfigError(f"{slot} {', '.join(repeated)} is listed twice; give each {slot} once")
     return names
 
 

@@ -37,6 +37,7 @@ SLOTS = (
     "corpus",
     "task",
     "tweak",
+    "callback",
 )
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -142,6 +143,19 @@ def klm_register_tweak(register):
     lists two tweaks holding one seam is refused before training. A tweak that does not
     find the seam it needs (a bigram model has none) raises ``errors.ConfigError``. It must be
     deterministic given the torch seed, and may declare ``options`` like any component.
+    """
+
+
+@hookspec
+def klm_register_callback(register):
+    """Register training-loop callbacks: ``factory(cfg) -> components.Callback``.
+
+    A run lists its callbacks with ``--callback NAME`` (repeatable; in a recipe or ``--set``:
+    ``callback = "ema"``). The trainer calls each, in the order given, at the points that
+    ``components.Callback`` lists: after each step, around evaluations and the final scoring,
+    after each logged row and at the end; what a callback returns from ``state_dict`` is kept
+    in the checkpoint. An exponential moving average of the weights (evaluated in their place)
+    or a logger for an experiment tracker is a callback; a change to the training itself is not.
     """
 
 

@@ -519,6 +519,43 @@ def klm_register_tweak(register):
     "klm run --tweak $name\n" + COMPARE.replace("--$slot $name", "--tweak $name"),
 )
 
+MODULES["callback"] = Starter(
+    "counts the training steps and logs the count at each evaluation",
+    """\
+import torch
+
+from kennethlm_core import hookimpl
+from kennethlm_core.components import Callback
+
+
+class $Class(Callback):
+    def __init__(self):
+        self.steps = torch.zeros((), dtype=torch.long)  # a tensor: kept in the checkpoint
+
+    def stepped(self, loop):
+        self.steps += 1
+
+    def evaluated(self, loop, row):
+        loop.log(f"$name: {int(self.steps)} steps at step {row['step']}")
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"].clone()
+
+
+@hookimpl
+def klm_register_callback(register):
+    register(
+        "$name",
+        lambda cfg: $Class(),
+        "$summary",
+    )
+""",
+    "klm run --callback $name\n" + COMPARE.replace("--$slot $name", "--callback $name"),
+)
+
 
 def package_names(name: str, slot: str) -> dict[str, str]:
     """The names a package is made of: klm-attention-my-idea, klm_attention_my_idea, ..."""

@@ -913,6 +913,63 @@ class TaskChecks(Conformance):
         )
 
 
+# -- training-loop callbacks ------------------------------------------------------------------
+
+
+class CallbackChecks(Conformance):
+    """``factory(cfg) -> components.Callback``: a tiny run on the embedded sample trains with
+    it to finite figures, and a run stopped half way and resumed ends exactly like one that
+    was not stopped (the callback's state survives the checkpoint)."""
+
+    slot = "callback"
+
+    def run(self, out, stop_at: int | None = None, resume: bool = False) -> dict:
+        import os
+        import signal
+
+        from kennethlm_core.train import Interrupted, train
+
+        cfg = self.config(steps=20, eval_every=10, eval_bytes=2048, final_eval_bytes=4096)
+
+        def stop(clock, *rest):
+            if clock.step == stop_at:
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would: checkpoint, stop
+
+        try:
+            return train(cfg, out, registry=self.reg, resume=resume, progress=stop)
+        except Interrupted:
+            return {}
+
+    def test_is_a_callback(self):
+        from kennethlm_core.components import Callback
+
+        made = self.component.factory(self.config())
+        assert isinstance(made, Callback), f"{self.what}: factory(cfg) must return a Callback"
+
+    def test_a_run_trains_with_it(self, tmp_path):
+        summary = self.run(tmp_path / "run")
+        assert math.isfinite(summary["val_bpb"]) and summary["steps"] == 20, (
+            f"{self.what}: the run did not train to finite figures"
+        )
+
+    def test_a_resumed_run_ends_like_an_uninterrupted_one(self, tmp_path):
+        from kennethlm_core.train import read_metrics
+
+        straight = self.run(tmp_path / "straight")
+        assert self.run(tmp_path / "stopped", stop_at=10) == {}
+        resumed = self.run(tmp_path / "stopped", resume=True)
+
+        def figures(run):
+            keys = ("step", "lr", "train_loss", "val_bpb")  # not the clock: timings differ
+            return [tuple(row[k] for k in keys) for row in read_metrics(run)]
+
+        assert figures(tmp_path / "stopped") == figures(tmp_path / "straight"), (
+            f"{self.what}: a resumed run logs other figures than an uninterrupted one; "
+            "does state_dict keep everything the callback needs?"
+        )
+        assert resumed["val_bpb"] == straight["val_bpb"]
+
+
 KITS: dict[str, type[Conformance]] = {
     "model": ModelChecks,
     "attention": AttentionChecks,
@@ -925,4 +982,5 @@ KITS: dict[str, type[Conformance]] = {
     "corpus": CorpusChecks,
     "task": TaskChecks,
     "tweak": TweakChecks,
+    "callback": CallbackChecks,
 }

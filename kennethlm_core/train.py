@@ -41,7 +41,15 @@ from kennethlm_core.checkpoint import (
     save_weights,
     unique_state,
 )
-from kennethlm_core.config import BUDGET_KEYS, RunConfig, coerce, resolve, same_config
+from kennethlm_core.components import Loop
+from kennethlm_core.config import (
+    BUDGET_KEYS,
+    RunConfig,
+    coerce,
+    resolve,
+    same_config,
+    tweak_names,
+)
 from kennethlm_core.data import Batches, cache_root, format_mix, mix_weights, prepare_data
 from kennethlm_core.distributed import check_batch, threads_per_process
 from kennethlm_core.errors import CheckpointError, ConfigError, KLMError
@@ -413,6 +421,19 @@ def _train(
         if device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"])
         batches.set_state(rng["batches"])
+    loop = Loop(cfg, out, model, optimizer, clock, log, dist.is_main)
+    callbacks = {
+        name: registry.get("callback", name).factory(cfg)
+        for name in tweak_names(cfg.callback, "callback")
+    }
+    for name, callback in callbacks.items():
+        if resume:  # the checkpoint keeps each callback's tensors under its name
+            prefix = f"{name}."
+            extra = meta.get("extra", {})
+            callback.load_state_dict(
+                {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
+            )
+        callback.started(loop)
 
     # float32 or bf16 (--dtype auto: measured on a CPU). A resumed run keeps its precision.
     if resume and meta.get("precision"):
@@ -434,16 +455,24 @@ def _train(
     step_fn = dist.wrap(model)  # DistributedDataParallel with several processes
     step_fn = torch.compile(step_fn) if cfg.compile else step_fn
 
+    def evaluating() -> contextlib.ExitStack:
+        """Every callback's context for an evaluation (an EMA's weights swapped in)."""
+        stack = contextlib.ExitStack()
+        for callback in callbacks.values():
+            stack.enter_context(callback.evaluating(loop))
+        return stack
+
     def evaluate() -> float:
-        return bits_per_byte(
-            model,
-            val_slice,
-            cfg.block_size,
-            tokenizer.doc_id,
-            device,
-            autocast=autocast,
-            stride=cfg.eval_stride,
-        ).bpb
+        with evaluating():
+            return bits_per_byte(
+                model,
+                val_slice,
+                cfg.block_size,
+                tokenizer.doc_id,
+                device,
+                autocast=autocast,
+                stride=cfg.eval_stride,
+            ).bpb
 
     def checkpoint(path: Path = out / CHECKPOINT) -> None:
         """Save the training state (rank 0 writes); refused for weights that are not finite."""
@@ -465,8 +494,13 @@ def _train(
             }
             if scaler.is_enabled():
                 meta["grad_scaler"] = scaler.state_dict()
+            extra = {
+                f"{name}.{key}": t
+                for name, callback in callbacks.items()
+                for key, t in callback.state_dict().items()
+            }
             with _writing(path.name, clock.step, saved, out, dist.world):
-                save_checkpoint(path, model, optimizer, rng, meta)
+                save_checkpoint(path, model, optimizer, rng, meta, extra)
         if path == out / CHECKPOINT:
             saved = clock.step
 
@@ -508,6 +542,8 @@ def _train(
                     with _writing(metrics_path.name, clock.step, saved, out, dist.world):
                         row = _append_metrics(metrics_path, clock, lr, train_loss, last_val)
                     on_eval(row)
+                    for callback in callbacks.values():
+                        callback.evaluated(loop, row)
                 loss_sum.zero_()
                 loss_steps = 0
                 checkpoint()
@@ -551,6 +587,8 @@ def _train(
             clock.train_time += time.perf_counter() - t0
             if dist.any(diverged, device):  # every rank stops at the same step
                 raise _non_finite(clock, saved, cfg, out)
+            for callback in callbacks.values():
+                callback.stepped(loop)
 
             if progress is not None and dist.is_main and (clock.step % 10 == 0 or done()):
                 current = (loss_sum / max(1, loss_steps)).item()
@@ -562,19 +600,20 @@ def _train(
     if not dist.is_main:  # rank 0 scores the run and writes its files; the others wait, so
         dist.barrier()  # that every process leaves the process group at the same time
         return {}
-    with _writing(WEIGHTS, clock.step, saved, out, dist.world):
-        save_weights(model, out / WEIGHTS)
-    log("scoring the validation split")
     final_slice = data.val.head(cfg.final_eval_bytes)
-    final = bits_per_byte(
-        model,
-        final_slice,
-        cfg.block_size,
-        tokenizer.doc_id,
-        device,
-        autocast=autocast,
-        stride=cfg.eval_stride,
-    )
+    with evaluating():  # the weights a callback evaluates (an EMA's) are the run's model
+        with _writing(WEIGHTS, clock.step, saved, out, dist.world):
+            save_weights(model, out / WEIGHTS)
+        log("scoring the validation split")
+        final = bits_per_byte(
+            model,
+            final_slice,
+            cfg.block_size,
+            tokenizer.doc_id,
+            device,
+            autocast=autocast,
+            stride=cfg.eval_stride,
+        )
     summary = {
         "val_bpb": final.bpb,
         "val_bpb_ci": final.ci(),
@@ -598,6 +637,8 @@ def _train(
     }
     with _writing("summary.json", clock.step, saved, out, dist.world):
         atomic_write_json(out / "summary.json", summary)
+    for callback in callbacks.values():
+        callback.finished(loop, summary)
     dist.barrier()
     return summary
 

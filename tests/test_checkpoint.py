@@ -37,6 +37,21 @@ def test_weights_round_trip_gives_identical_logits(tmp_path, registry):
     assert other.wte.weight is other.lm_head.weight  # still tied after loading
 
 
+def test_checkpoint_keeps_extra_tensors_beside_the_training_state(tmp_path, registry):
+    model, x = model_and_input(registry)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    extra = {"ema.wte.weight": torch.randn(3, 4), "counter.steps": torch.tensor(12)}
+    save_checkpoint(tmp_path / "ck.safetensors", model, opt, {}, {"step": 1}, extra)
+    _, meta = load_checkpoint(tmp_path / "ck.safetensors", *model_and_optimizer(registry))
+    assert meta["extra"].keys() == extra.keys()
+    assert all(torch.equal(meta["extra"][k], v) for k, v in extra.items())
+
+
+def model_and_optimizer(registry):
+    model, _ = model_and_input(registry, seed=3)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
 def test_checkpoint_restores_optimizer_and_generators(tmp_path, registry):
     model, x = model_and_input(registry)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
