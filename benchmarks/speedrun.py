@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import best_peak, flops_per_token  # noqa: E402
 
 from kennethlm_core.config import RunConfig, parse_duration  # noqa: E402
+from kennethlm_core.plugins import get_registry  # noqa: E402
 from kennethlm_core.train import cpu_name, read_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,9 +138,10 @@ def main() -> None:
     )
     report = {"time_s": seconds, "corpus": args.corpus, "seed": args.seed, "peaks": peaks}
     report["side_by_side"] = args.side_by_side
+    registry = get_registry()
     for arm, s in runs.items():
         cfg = RunConfig.from_dict(s["config"])
-        mfu = flops_per_token(cfg, s["params"]) * s["tokens_per_s"] / peaks[arm]
+        mfu = flops_per_token(cfg, s["vocab_size"], registry) * s["tokens_per_s"] / peaks[arm]
         print(
             f"{arm:<10}{recipes[arm]:<12}"
             f"{s['val_bpb']:>9.4f}{s['metrics'][-1]['val_bpb']:>10.4f}{s['tokens_per_s']:>10,.0f}"

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from kennethlm_core.config import build_config, resolve
+from kennethlm_core.model import build_model
 from kennethlm_core.plugins import get_registry
 from kennethlm_core.train import cpu_name, train
 
@@ -74,9 +75,24 @@ def best_peak(device: str = "cpu") -> tuple[float, str]:
     return peaks[dtype], dtype
 
 
-def flops_per_token(cfg, params: int) -> float:
-    positions = cfg.block_size * cfg.n_embd if cfg.posemb == "learned" else 0
-    return 6 * (params - positions) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+def matmul_params(model: torch.nn.Module) -> int:
+    """The parameters a token is multiplied by: all but the embedding tables (token, learned
+    positions, hashed bigrams, value embeddings), which are only looked up; the output head
+    counts even when it is tied to the token table."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    n = sum(p.numel() for p in model.parameters() if id(p) not in tables)
+    head = getattr(model, "lm_head", None)
+    if head is not None and id(head.weight) in tables:
+        n += head.weight.numel()
+    return n
+
+
+def flops_per_token(cfg, vocab_size: int, registry) -> float:
+    """Training FLOPs per token: 6 per matmul parameter (forward and backward) plus attention's
+    scores and weighted sum, 12 x layers x width x context (the PaLM paper's count)."""
+    with torch.device("meta"):
+        model = build_model(cfg, vocab_size, registry)
+    return 6 * matmul_params(model) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
 def measure(cfg, registry, warmup: int) -> dict:
@@ -105,7 +121,6 @@ def bare_loop(cfg, registry, warmup: int) -> float:
     import numpy as np
 
     from kennethlm_core.data import prepare_data
-    from kennethlm_core.model import build_model
     from kennethlm_core.precision import Precision
 
     data = prepare_data(cfg, registry)
@@ -182,7 +197,8 @@ def main() -> None:
                 overrides = {**base, "dtype": dtype, "compile": compiled, "threads": threads}
                 cfg = resolve(build_config(args.recipe, overrides), registry)
                 m = measure(cfg, registry, args.warmup)
-                achieved = flops_per_token(cfg, m["summary"]["params"]) * m["tokens_per_s"]
+                per_token = flops_per_token(cfg, m["summary"]["vocab_size"], registry)
+                achieved = per_token * m["tokens_per_s"]
                 row = (threads, dtype, compiled, m["tokens_per_s"], m["warmup_s"], achieved, peak)
                 rows.append((*row, m["wall_s"], m["summary"]["val_bpb"]))
                 print(
