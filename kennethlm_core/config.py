@@ -352,20 +352,24 @@ def selected_components(cfg: RunConfig, registry: Any) -> dict[str, Any]:
     slots += ["optimizer", "schedule", "tokenizer"]
     chosen = {slot: registry.get(slot, getattr(cfg, slot)) for slot in slots}
     chosen["corpus"] = corpus_component(cfg.corpus, registry)
-    for name in tweak_names(cfg.tweak):
+    for name in component_names(cfg.tweak):
         chosen[f"tweak {name}"] = registry.get("tweak", name)
-    for name in tweak_names(cfg.callback, "callback"):
+    for name in component_names(cfg.callback, "callback"):
         chosen[f"callback {name}"] = registry.get("callback", name)
     return chosen
 
 
-def tweak_names(text: str, slot: str = "tweak") -> list[str]:
-    """'qk-norm, softcap' -> ['qk-norm', 'softcap']: the run's tweaks (or callbacks), in order."""
+def component_names(text: str, slot: str = "tweak") -> list[str]:
+    """'qk-norm, softcap' -> ['qk-norm', 'softcap']: the run's tweaks (or, with ``slot``,
+    callbacks), in order."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ConfigError(f"{slot} {', '.join(repeated)} is listed twice; give each {slot} once")
     return names
+
+
+tweak_names = component_names  # the name it had before callbacks used it too
 
 
 def corpus_component(corpus: str, registry: Any) -> Any:
@@ -469,8 +473,8 @@ def check_pairs(chosen: dict[str, Any], registry: Any) -> None:
         for seam in sorted(comp.extra.get("seams", ())):
             if seam in held:
                 raise ConfigError(
-                    f"tweak '{comp.name}' cannot be used with tweak '{held[seam].name}': both "
-                    f"hold the model's {seam} seam; choose one of them"
+                    f"{comp.slot} '{comp.name}' cannot be used with {held[seam].slot} "
+                    f"'{held[seam].name}': both hold the model's {seam} seam; choose one of them"
                 )
             held[seam] = comp
     for comp in chosen.values():

@@ -140,7 +140,8 @@ def klm_register_tweak(register):
 
     Every seam is None in a plain GPT, which is then unchanged. A seam holds one tweak:
     declare the seams a tweak sets (``register(..., seams={"block_input"})``) and a run that
-    lists two tweaks holding one seam is refused before training. A tweak that does not
+    lists two tweaks holding one seam is refused before training. ``model.hold_seam`` sets a
+    seam, refusing a model without it or a seam already held. A tweak that does not
     find the seam it needs (a bigram model has none) raises ``errors.ConfigError``. It must be
     deterministic given the torch seed, and may declare ``options`` like any component.
     """

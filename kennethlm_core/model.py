@@ -8,13 +8,15 @@ the residual projections (``c_proj``) scaled by 1/sqrt(2 * n_layer), optional bi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kennethlm_core.config import MODEL_SLOTS, RunConfig, tweak_names
+from kennethlm_core.config import MODEL_SLOTS, RunConfig, component_names
+from kennethlm_core.errors import ConfigError
 
 
 class Parts:
@@ -154,9 +156,21 @@ def build_model(cfg: RunConfig, vocab_size: int, registry: Any) -> nn.Module:
     """The run's model, built by the model slot's factory from the other slots' components,
     then changed by the run's tweaks, in order."""
     model = registry.get("model", cfg.model).factory(cfg, vocab_size, Parts(cfg, registry))
-    for name in tweak_names(cfg.tweak):
+    for name in component_names(cfg.tweak):
         registry.get("tweak", name).factory(model, cfg)
     return model
+
+
+def hold_seam(model: nn.Module, seam: str, tweak: str, make: Callable[[], nn.Module]) -> None:
+    """Put the module ``make()`` builds into the model's ``seam`` (``token_input``,
+    ``block_input``, ``value_input``, ...: hookspecs.klm_register_tweak) for tweak ``tweak``;
+    a model without that seam, or whose seam another tweak holds, is refused before ``make``
+    runs (it may read the model's shape)."""
+    if not hasattr(model, seam):
+        raise ConfigError(f"tweak '{tweak}' needs a model with a {seam} seam (a GPT)")
+    if getattr(model, seam) is not None:
+        raise ConfigError(f"tweak '{tweak}': another tweak already holds the model's {seam} seam")
+    setattr(model, seam, make())
 
 
 def count_params(model: nn.Module) -> int:

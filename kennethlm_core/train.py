@@ -46,9 +46,9 @@ from kennethlm_core.config import (
     BUDGET_KEYS,
     RunConfig,
     coerce,
+    component_names,
     resolve,
     same_config,
-    tweak_names,
 )
 from kennethlm_core.data import Batches, cache_root, format_mix, mix_weights, prepare_data
 from kennethlm_core.distributed import check_batch, threads_per_process
@@ -424,15 +424,15 @@ def _train(
     loop = Loop(cfg, out, model, optimizer, clock, log, dist.is_main)
     callbacks = {
         name: registry.get("callback", name).factory(cfg)
-        for name in tweak_names(cfg.callback, "callback")
+        for name in component_names(cfg.callback, "callback")
     }
+    saved_state = meta.get("extra", {})  # each callback's tensors, under "NAME.KEY"
     for name, callback in callbacks.items():
-        if resume:  # the checkpoint keeps each callback's tensors under its name
-            prefix = f"{name}."
-            extra = meta.get("extra", {})
-            callback.load_state_dict(
-                {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
-            )
+        if resume:
+            mine = {
+                k.split(".", 1)[1]: v for k, v in saved_state.items() if k.startswith(f"{name}.")
+            }
+            callback.load_state_dict(mine)
         callback.started(loop)
 
     # float32 or bf16 (--dtype auto: measured on a CPU). A resumed run keeps its precision.

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kennethlm_core import hookimpl
-from kennethlm_core.config import RunConfig, build_config, resolve, same_config, tweak_names
+from kennethlm_core.config import RunConfig, build_config, component_names, resolve, same_config
 from kennethlm_core.errors import ConfigError, UnknownComponent
 from kennethlm_core.model import build_model
 from kennethlm_core.plugins import Registry
@@ -93,9 +93,9 @@ def test_tweaks_run_in_the_order_given_with_their_options():
 
 
 def test_tweak_names_and_their_errors():
-    assert tweak_names("") == [] and tweak_names(" a ,b,") == ["a", "b"]
+    assert component_names("") == [] and component_names(" a ,b,") == ["a", "b"]
     with pytest.raises(ConfigError, match="listed twice"):
-        tweak_names("a,b,a")
+        component_names("a,b,a")
     reg = hand_registry([])
     with pytest.raises(UnknownComponent, match="unknown tweak 'dubble'; did you mean 'double'"):
         resolve(build_config(overrides={**TINY, "tweak": "dubble"}), reg)

@@ -16,6 +16,7 @@ from torch import nn
 
 from kennethlm_core import hookimpl
 from kennethlm_core.errors import ConfigError
+from kennethlm_core.model import hold_seam
 
 PRIME = 1_000_003  # spreads the previous token over the buckets
 
@@ -38,15 +39,12 @@ class BigramHash(nn.Module):
 
 
 def apply(model, cfg):
-    if not hasattr(model, "token_input"):
-        raise ConfigError("tweak 'bigram-hash' needs a model with a token_input seam (a GPT)")
-    if model.token_input is not None:
-        raise ConfigError("tweak 'bigram-hash': another tweak already changes the embeddings")
     buckets = int(cfg.get("bigram_buckets"))
     if buckets < 1:
         raise ConfigError(f"bigram_buckets must be at least 1, got {buckets}")
-    vocab_size, n_embd = model.wte.weight.shape
-    model.token_input = BigramHash(vocab_size, n_embd, buckets)
+    hold_seam(
+        model, "token_input", "bigram-hash", lambda: BigramHash(*model.wte.weight.shape, buckets)
+    )
 
 
 @hookimpl

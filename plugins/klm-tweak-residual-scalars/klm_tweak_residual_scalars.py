@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kennethlm_core import hookimpl
-from kennethlm_core.errors import ConfigError
+from kennethlm_core.model import hold_seam
 
 
 class ResidualScalars(nn.Module):
@@ -27,11 +27,7 @@ class ResidualScalars(nn.Module):
 
 
 def apply(model, cfg):
-    if not hasattr(model, "block_input"):
-        raise ConfigError("tweak 'residual-scalars' needs a model with a block_input seam (a GPT)")
-    if model.block_input is not None:
-        raise ConfigError("tweak 'residual-scalars': another tweak already rewires the blocks")
-    model.block_input = ResidualScalars(len(model.blocks))
+    hold_seam(model, "block_input", "residual-scalars", lambda: ResidualScalars(len(model.blocks)))
 
 
 @hookimpl

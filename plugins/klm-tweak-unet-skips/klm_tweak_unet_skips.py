@@ -15,11 +15,14 @@ from torch import nn
 
 from kennethlm_core import hookimpl
 from kennethlm_core.errors import ConfigError
+from kennethlm_core.model import hold_seam
 
 
 class UNetSkips(nn.Module):
     def __init__(self, n_layer: int):
         super().__init__()
+        if n_layer < 2:
+            raise ConfigError("tweak 'unet-skips' needs at least 2 blocks (--n-layer 2)")
         self.n_layer = n_layer
         self.first_decoder = n_layer - n_layer // 2
         self.weights = nn.Parameter(torch.zeros(n_layer // 2))
@@ -31,13 +34,7 @@ class UNetSkips(nn.Module):
 
 
 def apply(model, cfg):
-    if not hasattr(model, "block_input"):
-        raise ConfigError("tweak 'unet-skips' needs a model with a block_input seam (a GPT)")
-    if model.block_input is not None:
-        raise ConfigError("tweak 'unet-skips': another tweak already rewires the blocks")
-    if len(model.blocks) < 2:
-        raise ConfigError("tweak 'unet-skips' needs at least 2 blocks (--n-layer 2)")
-    model.block_input = UNetSkips(len(model.blocks))
+    hold_seam(model, "block_input", "unet-skips", lambda: UNetSkips(len(model.blocks)))
 
 
 @hookimpl

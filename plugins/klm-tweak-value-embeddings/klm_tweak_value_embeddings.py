@@ -15,6 +15,7 @@ from torch import nn
 
 from kennethlm_core import hookimpl
 from kennethlm_core.errors import ConfigError
+from kennethlm_core.model import hold_seam
 
 
 def table_of(i: int, n_layer: int, tables: int) -> int | None:
@@ -39,15 +40,15 @@ class ValueEmbeddings(nn.Module):
 
 
 def apply(model, cfg):
-    if not hasattr(model, "value_input"):
-        raise ConfigError("tweak 'value-embeddings' needs a model with a value_input seam (a GPT)")
-    if model.value_input is not None:
-        raise ConfigError("tweak 'value-embeddings': another tweak already sets the values")
     tables = int(cfg.get("value_embeds"))
     if tables < 1:
         raise ConfigError(f"value_embeds must be at least 1, got {tables}")
-    vocab_size, n_embd = model.wte.weight.shape
-    model.value_input = ValueEmbeddings(vocab_size, n_embd, len(model.blocks), tables)
+    hold_seam(
+        model,
+        "value_input",
+        "value-embeddings",
+        lambda: ValueEmbeddings(*model.wte.weight.shape, len(model.blocks), tables),
+    )
 
 
 @hookimpl

@@ -63,5 +63,5 @@ def test_two_rewirings_are_refused():
     from klm_tweak_residual_scalars import apply
 
     model = gpt()
-    with pytest.raises(ConfigError, match="already rewires"):
+    with pytest.raises(ConfigError, match="already holds the model's block_input seam"):
         apply(model, None)

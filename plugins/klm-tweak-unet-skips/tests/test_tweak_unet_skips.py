@@ -66,5 +66,5 @@ def test_it_is_refused_where_it_cannot_wire():
         gpt("residual-scalars,unet-skips")  # refused before a model is built
     from klm_tweak_unet_skips import apply
 
-    with pytest.raises(ConfigError, match="already rewires"):
+    with pytest.raises(ConfigError, match="already holds the model's block_input seam"):
         apply(gpt(), None)  # and build_model alone finds the seam taken
