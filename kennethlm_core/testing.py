@@ -87,6 +87,18 @@ DANISH = (
 )
 
 
+def tiny_gpt(tweak: str = "", *, seed: int = 0, **settings: Any) -> torch.nn.Module:
+    """A TINY GPT of vocabulary VOCAB with ``tweak`` (a name or "qk-norm,softcap"), built from
+    the torch seed ``seed`` with the installed plugins, in eval mode: for a tweak's own tests
+    against the plain GPT of the same seed (``tiny_gpt("")``)."""
+    from kennethlm_core.plugins import get_registry
+
+    registry = get_registry()
+    cfg = resolve(build_config(overrides={**TINY, "tweak": tweak, **settings}), registry)
+    torch.manual_seed(seed)
+    return build_model(cfg, VOCAB, registry).eval()
+
+
 def conformance(slot: str, name: str, *, registry: Any = None, **settings: Any) -> type:
     """A pytest test class checking component ``name`` of ``slot`` against its slot's rules.
 

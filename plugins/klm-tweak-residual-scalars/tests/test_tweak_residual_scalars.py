@@ -4,11 +4,8 @@ later it computes lambda_i x + mu_i x0 before block i."""
 import pytest
 import torch
 
-from kennethlm_core.config import build_config, resolve
 from kennethlm_core.errors import ConfigError
-from kennethlm_core.model import build_model
-from kennethlm_core.plugins import get_registry
-from kennethlm_core.testing import TINY, conformance
+from kennethlm_core.testing import conformance, tiny_gpt
 
 TestResidualScalars = conformance("tweak", "residual-scalars")
 
@@ -16,10 +13,7 @@ IDX = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
 
 
 def gpt(tweak="residual-scalars", seed=0, **overrides):
-    registry = get_registry()
-    cfg = resolve(build_config(overrides={**TINY, "tweak": tweak, **overrides}), registry)
-    torch.manual_seed(seed)
-    return build_model(cfg, 50, registry).eval()
+    return tiny_gpt(tweak, seed=seed, **overrides)
 
 
 def wired_by_hand(model, idx, keep, embedded):

@@ -3,21 +3,15 @@
 import pytest
 import torch
 
-from kennethlm_core.config import build_config, resolve
 from kennethlm_core.errors import ConfigError
-from kennethlm_core.model import build_model
-from kennethlm_core.plugins import get_registry
-from kennethlm_core.testing import TINY, conformance
+from kennethlm_core.testing import conformance, tiny_gpt
 
 TestSoftcap = conformance("tweak", "softcap")
 TestSoftcapTight = conformance("tweak", "softcap", logit_cap=2.0)
 
 
 def gpt(tweak="softcap", seed=0, **overrides):
-    registry = get_registry()
-    cfg = resolve(build_config(overrides={**TINY, "tweak": tweak, **overrides}), registry)
-    torch.manual_seed(seed)
-    return build_model(cfg, 50, registry).eval()
+    return tiny_gpt(tweak, seed=seed, **overrides)
 
 
 def test_logits_are_the_plain_logits_capped():

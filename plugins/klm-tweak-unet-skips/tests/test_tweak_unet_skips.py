@@ -4,11 +4,8 @@ each decoder block adds w_i times its mirror block's input."""
 import pytest
 import torch
 
-from kennethlm_core.config import build_config, resolve
 from kennethlm_core.errors import ConfigError
-from kennethlm_core.model import build_model
-from kennethlm_core.plugins import get_registry
-from kennethlm_core.testing import TINY, conformance
+from kennethlm_core.testing import conformance, tiny_gpt
 
 TestUNetSkips = conformance("tweak", "unet-skips", n_layer=2)  # a U-net needs two halves
 
@@ -16,11 +13,7 @@ IDX = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
 
 
 def gpt(tweak="unet-skips", seed=0, **overrides):
-    registry = get_registry()
-    overrides = {**TINY, "n_layer": 2, "tweak": tweak, **overrides}
-    cfg = resolve(build_config(overrides=overrides), registry)
-    torch.manual_seed(seed)
-    return build_model(cfg, 50, registry).eval()
+    return tiny_gpt(tweak, seed=seed, **{"n_layer": 2, **overrides})
 
 
 def wired_by_hand(model, idx, w):

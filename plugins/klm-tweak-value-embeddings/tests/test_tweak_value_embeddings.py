@@ -5,11 +5,8 @@ import pytest
 import torch
 from klm_tweak_value_embeddings import table_of
 
-from kennethlm_core.config import build_config, resolve
 from kennethlm_core.errors import ConfigError
-from kennethlm_core.model import build_model
-from kennethlm_core.plugins import get_registry
-from kennethlm_core.testing import TINY, conformance
+from kennethlm_core.testing import conformance, tiny_gpt
 
 TestValueEmbeddings = conformance("tweak", "value-embeddings")
 
@@ -17,10 +14,7 @@ IDX = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
 
 
 def gpt(tweak="value-embeddings", seed=0, **overrides):
-    registry = get_registry()
-    cfg = resolve(build_config(overrides={**TINY, "tweak": tweak, **overrides}), registry)
-    torch.manual_seed(seed)
-    return build_model(cfg, 50, registry).eval()
+    return tiny_gpt(tweak, seed=seed, **overrides)
 
 
 def test_mirrored_blocks_share_a_table():
