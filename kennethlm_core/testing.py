@@ -46,7 +46,9 @@ import difflib
 import itertools
 import json
 import math
+import os
 import re
+import signal
 import sys
 from typing import Any
 
@@ -936,9 +938,6 @@ class CallbackChecks(Conformance):
     slot = "callback"
 
     def run(self, out, stop_at: int | None = None, resume: bool = False) -> dict:
-        import os
-        import signal
-
         from kennethlm_core.train import Interrupted, train
 
         cfg = self.config(steps=20, eval_every=10, eval_bytes=2048, final_eval_bytes=4096)
