@@ -173,6 +173,28 @@ def test_local_formats_folders_and_globs(tmp_path):
     assert len(list(PathCorpus(str(tmp_path / "*.jsonl*")).documents())) == 4
 
 
+def test_corpus_fingerprint_follows_content_not_place_or_time(tmp_path):
+    """A copy of the corpus in another folder, with new file times (as a fresh machine gets),
+    has the same fingerprint, so its token cache and runs are reused; one changed byte or a
+    renamed file gives a new one."""
+    import shutil
+
+    first = tmp_path / "a"
+    (first / "sub").mkdir(parents=True)
+    write_jsonl(first / "x.jsonl", [{"text": "hej med dig"}])
+    write_jsonl(first / "sub" / "y.jsonl", [{"text": "farvel"}])
+    copy = tmp_path / "b"
+    shutil.copytree(first, copy)  # new mtimes
+    os.utime(copy / "x.jsonl", ns=(1, 1))
+    assert PathCorpus(copy).fingerprint() == PathCorpus(first).fingerprint()
+    write_jsonl(copy / "x.jsonl", [{"text": "hej med dem"}])
+    assert PathCorpus(copy).fingerprint() != PathCorpus(first).fingerprint()
+    shutil.rmtree(copy)
+    shutil.copytree(first, copy)
+    (copy / "x.jsonl").rename(copy / "z.jsonl")
+    assert PathCorpus(copy).fingerprint() != PathCorpus(first).fingerprint()
+
+
 def test_bad_corpora_give_clear_errors(tmp_path):
     with pytest.raises(DataError, match="no corpus files"):
         PathCorpus(tmp_path)

@@ -80,10 +80,15 @@ class PathCorpus(Corpus):
         self.name = Path(self.spec).name or self.spec
 
     def fingerprint(self) -> str:
+        """The files' names (relative to the folder they share) and contents, so a copy of the
+        corpus elsewhere, or the same files with new times, has the same fingerprint and its
+        runs resume; any changed byte gives a new one. Hashing is fast (36 MB in ~40 ms)."""
+        root = Path(os.path.commonpath([f.resolve().parent for f in self.files]))
         h = hashlib.sha256()
         for f in self.files:
-            st = f.stat()
-            h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            with open(f, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            h.update(f"{f.resolve().relative_to(root).as_posix()}\0{digest}\n".encode())
         return h.hexdigest()[:16]
 
     def documents(self) -> Iterator[Document]:
