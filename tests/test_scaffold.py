@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -61,6 +62,11 @@ def test_new_plugin_writes_the_package_layout(scaffolded):
         'conformance("attention", "trial-idea")'
         in (attention / "tests" / "test_attention_trial_idea.py").read_text()
     )
+    for package in packages:  # every template field and the template's class name replaced
+        for f in package.rglob("*"):
+            if f.is_file() and f.suffix in (".py", ".toml", ".md"):
+                text = f.read_text()
+                assert "$" not in text and not re.search(r"\bStarter\b", text), f
 
 
 def test_installed_packages_pass_their_own_tests(scaffolded, tmp_path):
