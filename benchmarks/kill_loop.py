@@ -63,7 +63,7 @@ def checkpoint_state(run: Path) -> int | None:
     from kennethlm_core.checkpoint import CHECKPOINT, load_checkpoint
     from kennethlm_core.model import build_model
     from kennethlm_core.plugins import get_registry
-    from kennethlm_core.train import load_run_config
+    from kennethlm_core.rundir import load_run_config
 
     if not (run / CHECKPOINT).exists():
         return None
@@ -79,7 +79,7 @@ def checkpoint_state(run: Path) -> int | None:
 
 
 def losses(run: Path) -> list[tuple]:
-    from kennethlm_core.train import read_metrics
+    from kennethlm_core.rundir import read_metrics
 
     return [(r["step"], r["lr"], r["train_loss"], r["val_bpb"]) for r in read_metrics(run)]
 

@@ -85,7 +85,7 @@ def main() -> None:
         corpus, tokenizer, vocab = args.child
         return child(corpus, tokenizer, int(vocab))
 
-    from kennethlm_core.train import cpu_name
+    from kennethlm_core.device import cpu_name
 
     scratch = Path(tempfile.mkdtemp(prefix="klm-bench-"))
     env = dict(os.environ, KLM_CACHE=str(scratch / "klm"), HF_DATASETS_CACHE=str(scratch / "hf"))

@@ -85,8 +85,8 @@ def train_grid(args, cells: list[tuple[int, int]]) -> None:
 def read(args, cells) -> list[dict]:
     from kennethlm_core.model import build_model
     from kennethlm_core.plugins import get_registry
+    from kennethlm_core.rundir import load_run_config
     from kennethlm_core.sizing import body_params
-    from kennethlm_core.train import load_run_config
 
     rows = []
     for width, tokens in cells:

@@ -38,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import best_peak, flops_per_token  # noqa: E402
 
 from kennethlm_core.config import RunConfig, parse_duration  # noqa: E402
+from kennethlm_core.device import cpu_name  # noqa: E402
 from kennethlm_core.plugins import get_registry  # noqa: E402
-from kennethlm_core.train import cpu_name, read_metrics  # noqa: E402
+from kennethlm_core.rundir import read_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -36,9 +36,10 @@ from pathlib import Path
 import torch
 
 from kennethlm_core.config import build_config, resolve
+from kennethlm_core.device import cpu_name
 from kennethlm_core.model import build_model
 from kennethlm_core.plugins import get_registry
-from kennethlm_core.train import cpu_name, train
+from kennethlm_core.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -225,7 +225,8 @@ def run(ctx, out, resume, force, allow_changes, quiet, nproc, **params):
     """
     from kennethlm_core import distributed, provenance
     from kennethlm_core.config import build_config, resolve
-    from kennethlm_core.train import check_run_dir, preflight, resume_config
+    from kennethlm_core.rundir import check_run_dir, resume_config
+    from kennethlm_core.train import preflight
 
     registry = _registry(ctx)
     recipe, overrides = overrides_from(params)
@@ -1233,7 +1234,7 @@ def main(argv: list[str] | None = None) -> None:
         print("klm: aborted", file=sys.stderr)
         sys.exit(130)
     except KLMError as e:
-        from kennethlm_core.train import Interrupted
+        from kennethlm_core.errors import Interrupted
 
         message = " ".join(str(e).splitlines())  # one line, whatever the input held
         if isinstance(e, Interrupted) and os.environ.get("RANK", "0") != "0":

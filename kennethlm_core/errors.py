@@ -19,3 +19,22 @@ class DataError(KLMError):
 
 class CheckpointError(KLMError):
     """A run folder or checkpoint that cannot be loaded."""
+
+
+class Interrupted(KLMError):
+    """Training was stopped by a signal after writing a checkpoint."""
+
+
+class NonFiniteLoss(KLMError):
+    """The loss or the weights became NaN or infinite; the last good checkpoint is kept."""
+
+
+class WriteFailed(KLMError):
+    """A run file could not be written (a full disk, a file-size limit); the previous
+    checkpoint is kept."""
+
+
+def first_line(e: Exception) -> str:
+    """An exception from another library as one short line: its type and first line."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__

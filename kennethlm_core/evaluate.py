@@ -1,170 +1,36 @@
-"""Scoring: bits per byte, what evaluation tasks see of a model, helpers for tasks, the runner.
-
-Bits per byte: the total negative log-likelihood of the validation text in bits, divided by its
-UTF-8 bytes. The text is the concatenation of validation documents, each preceded by the
-tokenizer's document token, scored in non-overlapping windows of the model's context. Document
-tokens are context, never targets, so every tokenizer predicts exactly the same bytes.
+"""Evaluation: what tasks see of a model, helpers for tasks, and the task runner.
 
 Tasks (the ``task`` slot) talk to a model only through ``LanguageModel`` below: scoring
-continuations in batches and greedy generation, both inside the model's context. The helpers
-after it (``choose``, ``mcc``, ``macro_f1``, bootstrap intervals, ``load_rows``,
-``sample_rows``) are shared by the task plugins; ``run_tasks`` runs tasks on a run folder.
+continuations in batches and greedy generation, both inside the model's context; ``LoadedRun``
+is a trained run folder behind that interface. The helpers after it (``choose``, ``mcc``,
+``macro_f1``, ``mean_metric``, ``load_rows``, ``sample_rows``) are shared by the task plugins;
+``run_tasks`` runs tasks on a run folder. The metric itself, bits per byte, is in
+``kennethlm_core.metric``; the built-in ``bpb`` task in ``kennethlm_core.builtin.tasks``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from kennethlm_core.components import Metric, TaskResult
-from kennethlm_core.data import TokenSplit
-from kennethlm_core.errors import ConfigError, DataError
-
-LN2 = math.log(2)
-
-
-@dataclass
-class BPB:
-    bpb: float
-    by_domain: dict[str, float]
-    doc_bits: np.ndarray  # bits per document scored (all its chunks in the slice)
-    doc_bytes: np.ndarray
-    doc_domain: np.ndarray
-
-    def ci(self, iters: int = 1000, seed: int = 0) -> tuple[float, float] | None:
-        """95% bootstrap interval over documents (None for a single document)."""
-        return bootstrap_ratio(self.doc_bits, self.doc_bytes, iters, seed)
-
-
-def score_windows(split: TokenSplit, block_size: int, stride: int = 0) -> np.ndarray:
-    """The windows that score every target of ``split`` once: rows of (start, lo, hi, row).
-
-    Window ``(start, lo, hi, row)`` scores part of chunk ``split.rows[row]``: it feeds
-    ``tokens[start : start + block_size]`` to the model and keeps its predictions
-    ``lo <= j < hi``, which are of the tokens ``start + 1 + j``. Targets go in blocks of
-    ``stride`` (default ``block_size // 2``), and each block's window ends at its last target,
-    so every target sees at least ``block_size - stride + 1`` tokens of context, or all of its
-    document before it where the document is shorter. A window never reaches back past its
-    document's start; near the start one window scores everything its context allows.
-    Document tokens are context only: a chunk's targets begin after its document's token.
-    """
-    T = block_size
-    S = stride or max(1, T // 2)
-    out = []
-    for row, (start, end, _, _, _, doc_start) in enumerate(split.rows.tolist()):
-        q = max(start, doc_start + 1)  # the first target
-        while q < end:
-            w = max(doc_start, q + S - 1 - T)  # the window's first input token
-            stop = min(end, w + T + 1)  # its last target + 1
-            out.append((w, q - w - 1, stop - w - 1, row))
-            q = stop
-    return np.array(out, dtype=np.int64).reshape(-1, 4)
-
-
-@torch.no_grad()
-def bits_per_byte(
-    model: torch.nn.Module,
-    split: TokenSplit,
-    block_size: int,
-    doc_id: int,
-    device: torch.device | str = "cpu",
-    batch_size: int = 64,
-    autocast: Any = None,
-    stride: int = 0,
-) -> BPB:
-    """Bits per byte of the chunks in ``split``, scored in strided windows (score_windows).
-
-    Every byte is counted once; bits and bytes are summed per document, so the interval
-    bootstraps over documents. ``doc_id`` is unused since document tokens are never targets by
-    construction, and is kept so that callers name the tokenizer they score with.
-    """
-    from kennethlm_core.data import BYTES, DOC, DOMAIN
-
-    device = torch.device(device)
-    T = block_size
-    windows = score_windows(split, T, stride)
-    tokens = np.asarray(split.tokens)
-    doc_of_row = split.rows[:, DOC]
-    offsets = np.arange(T + 1)
-    last = len(tokens) - 1
-
-    was_training = model.training
-    model.eval()
-    n_docs = int(doc_of_row.max()) + 1 if len(doc_of_row) else 0
-    doc_bits = torch.zeros(n_docs, dtype=torch.float64)
-    ctx = autocast or contextlib.nullcontext()
-    for i in range(0, len(windows), batch_size):
-        w = windows[i : i + batch_size]
-        xy = torch.from_numpy(tokens[np.minimum(w[:, :1] + offsets, last)].astype(np.int64))
-        j = torch.arange(T)
-        keep = (j >= torch.from_numpy(w[:, 1:2])) & (j < torch.from_numpy(w[:, 2:3]))
-        with ctx:
-            logits, _ = model(xy[:, :-1].to(device))
-        nll = (
-            F.cross_entropy(
-                logits.float().reshape(-1, logits.size(-1)),
-                xy[:, 1:].reshape(-1).to(device),
-                reduction="none",
-            )
-            .view(len(w), T)
-            .cpu()
-            .double()
-        )
-        bits = torch.where(keep, nll, 0.0).sum(dim=1) / LN2  # inf outside: not 0 * inf
-        doc_bits.index_add_(0, torch.from_numpy(doc_of_row[w[:, 3]]), bits)
-    model.train(was_training)
-
-    bits = doc_bits.numpy()
-    nbytes = np.bincount(doc_of_row, weights=split.rows[:, BYTES], minlength=n_docs)
-    dom = np.zeros(n_docs, dtype=np.int64)
-    dom[doc_of_row] = split.rows[:, DOMAIN]
-    scored = nbytes > 0
-    bits, nbytes, dom = bits[scored], nbytes[scored], dom[scored]
-    by_domain = {}
-    for d, name in enumerate(split.domains):
-        if (dom == d).any():
-            by_domain[name] = float(bits[dom == d].sum() / nbytes[dom == d].sum())
-    return BPB(float(bits.sum() / nbytes.sum()), by_domain, bits, nbytes, dom)
-
-
-def bootstrap_ratio(num: np.ndarray, den: np.ndarray, iters: int = 1000, seed: int = 0):
-    """95% percentile interval of sum(num)/sum(den), resampling items with replacement.
-
-    None when there are fewer than two items: one document says nothing about its spread.
-    """
-    n = len(num)
-    if n < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(iters, n))
-    ratios = num[idx].sum(axis=1) / den[idx].sum(axis=1)
-    lo, hi = np.percentile(ratios, [2.5, 97.5])
-    return (float(lo), float(hi))
-
-
-def bootstrap_mean(values: np.ndarray, iters: int = 1000, seed: int = 0):
-    return bootstrap_ratio(np.asarray(values, dtype=np.float64), np.ones(len(values)), iters, seed)
-
-
-def bootstrap_stat(stat: Callable[[np.ndarray], float], n: int, iters: int = 1000, seed: int = 0):
-    """95% percentile interval of ``stat(idx)`` over resamples ``idx`` of ``range(n)``."""
-    if n < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    values = [stat(rng.integers(0, n, size=n)) for _ in range(iters)]
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return (float(lo), float(hi))
-
+from kennethlm_core import logs, precision
+from kennethlm_core.checkpoint import WEIGHTS, atomic_write_json, load_weights
+from kennethlm_core.components import Metric
+from kennethlm_core.data import SPLITS, unit_hash
+from kennethlm_core.device import pick_device
+from kennethlm_core.errors import ConfigError, DataError, first_line
+from kennethlm_core.metric import bootstrap_mean, bootstrap_stat
+from kennethlm_core.model import build_model
+from kennethlm_core.plugins import get_registry
+from kennethlm_core.precision import Precision
+from kennethlm_core.rundir import load_run_config
 
 # -- helpers for tasks: choices, classification metrics, data ----------------------------------
 
@@ -247,16 +113,14 @@ def load_rows(data: str | None, hub_id: str, split: str, columns: Sequence[str])
     if data is None:
         import huggingface_hub
 
-        from kennethlm_core.builtin.corpora import _first_line, _quiet_datasets
-
-        datasets = _quiet_datasets()
+        datasets = logs.quiet_datasets()
         try:  # a quick look first: offline, load_dataset retries for about a minute
             if not huggingface_hub.constants.HF_HUB_OFFLINE:
                 huggingface_hub.HfApi().dataset_info(hub_id, timeout=10)
             ds = datasets.load_dataset(hub_id, split=split)
         except Exception as e:
             raise DataError(
-                f"cannot load '{hub_id}' from the Hugging Face hub ({_first_line(e)}); "
+                f"cannot load '{hub_id}' from the Hugging Face hub ({first_line(e)}); "
                 f"offline, pass --data PATH: a file with columns "
                 f"{', '.join(columns) or 'as on the hub'}, or {EVAL_LAYOUT}"
             ) from None
@@ -274,7 +138,6 @@ def load_rows(data: str | None, hub_id: str, split: str, columns: Sequence[str])
 
 def _read_table(path: Path) -> list[dict]:
     """.jsonl directly (quick, no cache); .json, .parquet and .csv through ``datasets``."""
-    from kennethlm_core.builtin.corpora import _first_line, _quiet_datasets
 
     builder = next((b for suf, b in TABLE_BUILDERS.items() if path.name.endswith(suf)), None)
     if builder is None:
@@ -283,17 +146,16 @@ def _read_table(path: Path) -> list[dict]:
         if path.name.endswith(".jsonl"):
             with path.open(encoding="utf-8") as f:
                 return [json.loads(line) for line in f if line.strip()]
-        ds = _quiet_datasets().load_dataset(builder, data_files=str(path), split="train")
+        ds = logs.quiet_datasets().load_dataset(builder, data_files=str(path), split="train")
         return ds.to_list()
     except Exception as e:
-        raise DataError(f"{path}: cannot read it as {builder} ({_first_line(e)})") from None
+        raise DataError(f"{path}: cannot read it as {builder} ({first_line(e)})") from None
 
 
 def sample_rows(rows: list[dict], limit: int | None, key: str | None = None) -> list[dict]:
     """At most ``limit`` rows, chosen by a hash of each row (of its ``key`` column when given):
     the same rows every time, whatever the file order, and a smaller limit picks a subset of a
     larger one."""
-    from kennethlm_core.data import unit_hash
 
     def h(row):
         return unit_hash(str(row[key]) if key else json.dumps(row, sort_keys=True, default=str))
@@ -396,11 +258,6 @@ class LoadedRun(LanguageModel):
     """A trained run ready for evaluation: model, tokenizer and config, scoring in batches."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto", registry: Any = None):
-        from kennethlm_core.checkpoint import WEIGHTS, load_weights
-        from kennethlm_core.model import build_model
-        from kennethlm_core.plugins import get_registry
-        from kennethlm_core.precision import Precision, choose
-        from kennethlm_core.train import load_run_config, pick_device
 
         self.dir = Path(run_dir)
         self.registry = registry or get_registry()
@@ -418,7 +275,7 @@ class LoadedRun(LanguageModel):
         if used and self.config.dtype == "auto":
             self.precision = Precision(used, "the run's own")
         else:
-            self.precision = choose(self.device, self.config.dtype)
+            self.precision = precision.choose(self.device, self.config.dtype)
         self.autocast = self.precision.autocast(self.device)
         self.block_size = self.config.block_size
 
@@ -486,66 +343,7 @@ class LoadedRun(LanguageModel):
         return answer_text(self.decode(new), stop)[0]
 
 
-# -- the bpb task and the task runner --------------------------------------------------------
-
-
-class BPBTask:
-    """Bits per byte, overall and per domain, of one of three texts:
-
-    - a split of the run's own corpus (``split``: validation, the default, or test), or of
-      another corpus (``corpus``: its split of that name);
-    - or all of the text at ``data`` (a file, folder or glob, an exported split, or a corpus
-      name such as dagw), every document whole, in file order.
-
-    ``limit`` is in bytes: the first chunks holding at least that much text (default: the
-    run's ``final_eval_bytes`` of a split, all of ``data``). ``stride`` overrides the run's
-    ``eval_stride`` (``stride = block_size`` gives non-overlapping windows).
-    """
-
-    name = "bpb"
-
-    def __init__(self, split: str = "validation", corpus: str | None = None, stride: int = 0):
-        self.split, self.corpus, self.stride = split, corpus, stride
-
-    def evaluate(self, lm: LoadedRun, *, data: str | None = None, limit: int | None = None):
-        from kennethlm_core.config import resolve
-        from kennethlm_core.data import SPLITS, prepare_data, prepare_text
-
-        if self.split not in SPLITS[1:]:
-            raise ConfigError(f"unknown split '{self.split}'; score validation or test")
-        if data is not None and self.corpus is not None:
-            raise ConfigError("give --data (all of its text) or --corpus (its split), not both")
-        cfg = lm.config
-        if data is not None:
-            text = prepare_text(data, cfg, lm.registry, lm.tokenizer)
-            what = f"of all the text at {data}"
-        else:
-            if self.corpus is not None:
-                cfg = resolve(cfg.replace(corpus=self.corpus), lm.registry)
-            text = prepare_data(cfg, lm.registry, tokenizer=lm.tokenizer).split(self.split)
-            limit = limit or cfg.final_eval_bytes
-            what = f"of the {self.split} split of {cfg.corpus}"
-        if text.n_bytes == 0:
-            raise DataError(f"{data or cfg.corpus}: no text to score")
-        part = text.head(limit, every_domain=data is None) if limit else text
-        res = bits_per_byte(
-            lm.model,
-            part,
-            lm.block_size,
-            lm.tokenizer.doc_id,
-            lm.device,
-            autocast=lm.autocast,
-            stride=self.stride or lm.config.eval_stride,
-        )
-        metrics = {"bpb": Metric(res.bpb, res.ci(), chance=8.0, higher_is_better=False)}
-        for name, value in res.by_domain.items():
-            sel = res.doc_domain == part.domains.index(name)
-            ci = bootstrap_ratio(res.doc_bits[sel], res.doc_bytes[sel])
-            metrics[f"bpb/{name}"] = Metric(
-                value, ci, chance=8.0, higher_is_better=False, n=int(sel.sum())
-            )
-        notes = f"{part.n_bytes:,} bytes {what}, {len(res.doc_bytes):,} documents"
-        return TaskResult(metrics, n=len(res.doc_bytes), notes=notes)
+# -- the task runner --------------------------------------------------------
 
 
 def task_data(task: Any, data: str | None, several: bool) -> str | None:
@@ -597,9 +395,6 @@ def run_tasks(
     validation split goes under a key that says what it scored ("bpb/test", "bpb@PATH");
     ``save=False`` writes nothing.
     """
-    from kennethlm_core.checkpoint import atomic_write_json
-    from kennethlm_core.data import SPLITS
-    from kennethlm_core.plugins import get_registry
 
     if split not in SPLITS[1:]:
         raise ConfigError(f"unknown split '{split}'; --split is validation or test")

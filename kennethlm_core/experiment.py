@@ -323,7 +323,7 @@ def run_state(
 
 def _folder_state(job: Job, init_step: int | None, force: bool) -> str:
     from kennethlm_core.checkpoint import CHECKPOINT
-    from kennethlm_core.train import snapshot_path
+    from kennethlm_core.rundir import snapshot_path
 
     config = job.out / "config.json"
     if not config.exists():
@@ -360,7 +360,7 @@ def plan_jobs(
     from kennethlm_core.checkpoint import read_checkpoint
     from kennethlm_core.plugins import get_registry
     from kennethlm_core.provenance import planned_provenance
-    from kennethlm_core.train import branch_source, snapshot_path
+    from kennethlm_core.rundir import branch_source, snapshot_path
 
     registry = registry or get_registry()
     planned: dict[str, dict[str, Any]] = {}  # per arm: only what the seed does not change
@@ -512,8 +512,8 @@ def _finished(job: Job, summary: dict[str, Any]) -> str:
 
 def _worker(argv: list[str]) -> int:
     """`python -m kennethlm_core.experiment JOB_JSON`: train one job (a subprocess of run_jobs)."""
+    from kennethlm_core.errors import Interrupted
     from kennethlm_core.plugins import get_registry
-    from kennethlm_core.train import Interrupted
 
     spec = json.loads(argv[0])
     try:
@@ -741,9 +741,9 @@ def _run_comparison(
     from kennethlm_core import precision
     from kennethlm_core.checkpoint import atomic_write_json
     from kennethlm_core.data import prepare_data
+    from kennethlm_core.errors import Interrupted
     from kennethlm_core.plots import plot_paths
     from kennethlm_core.provenance import git_commit, sentence
-    from kennethlm_core.train import Interrupted
 
     load_now = load_average()
     check_metric(comp.metric, registry)

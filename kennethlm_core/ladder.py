@@ -147,9 +147,9 @@ def run_ladder(
     """Train (or reuse) every step on every seed; write summary.json and ladder.png."""
     from kennethlm_core.checkpoint import atomic_write_json
     from kennethlm_core.data import prepare_data
+    from kennethlm_core.errors import Interrupted
     from kennethlm_core.experiment import Job, mean_std, run_jobs, run_state
     from kennethlm_core.plots import plot_ladder
-    from kennethlm_core.train import Interrupted
 
     cfgs = step_configs(shared, registry, recipe, steps)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

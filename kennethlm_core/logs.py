@@ -79,3 +79,16 @@ def quiet(*libraries: str) -> None:
 def quiet_loaded() -> None:
     """``quiet`` every library of LIBRARIES that is imported by now."""
     quiet(*(lib for lib in LIBRARIES if lib in sys.modules))
+
+
+def quiet_datasets():
+    """The datasets library, its progress bars and its and huggingface_hub's logs quietened.
+    Imported here, when a corpus or task first reads with it, so that `klm --help` does not."""
+    import datasets
+    import huggingface_hub
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()  # no retry chatter when offline
+    quiet("datasets", "huggingface_hub")  # their errors too, before klm's one line
+    return datasets

@@ -72,7 +72,7 @@ def plot_groups(groups: dict[str, list[Path]], out: str | Path, title: str = "")
     import numpy as np
     from matplotlib.ticker import EngFormatter
 
-    from kennethlm_core.train import read_metrics
+    from kennethlm_core.rundir import read_metrics
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True, layout="constrained")
     low, high = [], []
@@ -150,7 +150,7 @@ def plot_ladder(summary: dict, out: str | Path) -> Path:
     import numpy as np
     from matplotlib.ticker import EngFormatter
 
-    from kennethlm_core.train import read_metrics
+    from kennethlm_core.rundir import read_metrics
 
     rows = summary["steps"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")

@@ -36,7 +36,9 @@ from typing import Any
 
 import torch
 
+from kennethlm_core.device import pick_device
 from kennethlm_core.errors import ConfigError
+from kennethlm_core.model import build_model
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # /proc/cpuinfo: x86 AMX, x86 AVX-512, Arm
 PROBE_MARGIN = 1.10  # bf16 must be at least 10% faster to be chosen
@@ -224,8 +226,6 @@ def one_answer(cfg: Any, registry: Any, vocab_size: int, log=lambda message: Non
     """Within the block, every ``--dtype auto`` run of this process and its subprocesses gets
     the same answer: the probe's, taken once here on ``cfg``'s model (a comparison's arms and
     seeds must not differ in precision because one probe was timed under more load)."""
-    from kennethlm_core.model import build_model
-    from kennethlm_core.train import pick_device
 
     old = os.environ.get(FORCE)
     device = pick_device(cfg.device)

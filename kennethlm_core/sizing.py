@@ -27,7 +27,11 @@ from typing import Any
 
 import torch
 
-from kennethlm_core.config import RunConfig
+from kennethlm_core import precision
+from kennethlm_core.config import RunConfig, resolve
+from kennethlm_core.data import prepare_data
+from kennethlm_core.device import pick_device
+from kennethlm_core.model import build_model
 
 # (n_layer, n_embd), smallest first; n_head = n_embd // 32
 SHAPES = (
@@ -76,7 +80,6 @@ def tokens_per_s(
     """(tokens/s of a few training steps of ``cfg``'s model, its body_params), on random
     tokens, with the run's optimizer, precision (``autocast``: a context manager) and
     ``compile`` (whose compilation, in the first step, is not counted)."""
-    from kennethlm_core.model import build_model
 
     rng = torch.get_rng_state()
     torch.manual_seed(0)
@@ -150,11 +153,6 @@ def auto_size(cfg: RunConfig, registry: Any, log=print) -> tuple[RunConfig, Choi
 
     The data is prepared first (the vocabulary is the tokenizer's; ``train`` then finds it in
     the cache), and the probes run in the precision ``--dtype`` gives the recipe's shape."""
-    from kennethlm_core import precision
-    from kennethlm_core.config import resolve
-    from kennethlm_core.data import prepare_data
-    from kennethlm_core.model import build_model
-    from kennethlm_core.train import pick_device
 
     vocab_size = prepare_data(cfg, registry, log=log).tokenizer.vocab_size
     device = pick_device(cfg.device)

@@ -938,7 +938,8 @@ class CallbackChecks(Conformance):
     slot = "callback"
 
     def run(self, out, stop_at: int | None = None, resume: bool = False) -> dict:
-        from kennethlm_core.train import Interrupted, train
+        from kennethlm_core.errors import Interrupted
+        from kennethlm_core.train import train
 
         cfg = self.config(steps=20, eval_every=10, eval_bytes=2048, final_eval_bytes=4096)
 
@@ -964,7 +965,7 @@ class CallbackChecks(Conformance):
         )
 
     def test_a_resumed_run_ends_like_an_uninterrupted_one(self, tmp_path):
-        from kennethlm_core.train import read_metrics
+        from kennethlm_core.rundir import read_metrics
 
         straight = self.run(tmp_path / "straight")
         assert self.run(tmp_path / "stopped", stop_at=10) == {}

@@ -11,7 +11,7 @@ from torch import nn
 
 from kennethlm_core.builtin.tokenizers import ByteTokenizer, CharTokenizer
 from kennethlm_core.data import TokenSplit
-from kennethlm_core.evaluate import bits_per_byte, bootstrap_ratio, score_windows
+from kennethlm_core.metric import bits_per_byte, bootstrap_ratio, score_windows
 
 
 def split_of(tok, docs: list[tuple[str, str]], chunk_chars: int = 0) -> TokenSplit:

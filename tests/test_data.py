@@ -30,7 +30,7 @@ from kennethlm_core.data import (
     token_dtype,
 )
 from kennethlm_core.errors import ConfigError, DataError
-from kennethlm_core.evaluate import bits_per_byte
+from kennethlm_core.metric import bits_per_byte
 from kennethlm_core.model import build_model
 
 from .conftest import SHARED_DATA, assert_one_line_error, tiny_config

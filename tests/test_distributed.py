@@ -15,7 +15,9 @@ import subprocess
 
 import pytest
 
-from kennethlm_core.train import Interrupted, read_metrics, train
+from kennethlm_core.errors import Interrupted
+from kennethlm_core.rundir import read_metrics
+from kennethlm_core.train import train
 
 from .conftest import PYTHON, tiny_config
 

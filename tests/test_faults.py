@@ -12,7 +12,7 @@ import time
 import pytest
 
 from kennethlm_core.checkpoint import CHECKPOINT
-from kennethlm_core.train import read_metrics
+from kennethlm_core.rundir import read_metrics
 
 from .conftest import PYTHON, REPO, assert_one_line_error
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from kennethlm_core import precision
-from kennethlm_core.errors import ConfigError
+from kennethlm_core.errors import ConfigError, Interrupted
 from kennethlm_core.model import build_model
-from kennethlm_core.train import Interrupted, read_metrics, train
+from kennethlm_core.rundir import read_metrics
+from kennethlm_core.train import train
 
 from .conftest import tiny_config
 

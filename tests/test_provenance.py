@@ -17,7 +17,8 @@ import pytest
 from kennethlm_core import data, experiment, provenance
 from kennethlm_core.errors import ConfigError
 from kennethlm_core.experiment import Arm, Comparison, arm_configs, plan_jobs
-from kennethlm_core.train import RUN_FILES, train
+from kennethlm_core.rundir import RUN_FILES
+from kennethlm_core.train import train
 
 from .conftest import assert_one_line_error, tiny_config
 

@@ -23,17 +23,11 @@ from kennethlm_core.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from kennethlm_core.errors import ConfigError, KLMError
+from kennethlm_core.errors import ConfigError, Interrupted, KLMError, NonFiniteLoss
 from kennethlm_core.model import GPT, build_model
 from kennethlm_core.plugins import Registry
-from kennethlm_core.train import (
-    Interrupted,
-    LossWatch,
-    NonFiniteLoss,
-    read_metrics,
-    snapshot_path,
-    train,
-)
+from kennethlm_core.rundir import read_metrics, snapshot_path
+from kennethlm_core.train import LossWatch, train
 
 from .conftest import PYTHON, assert_one_line_error, tiny_config
 from .test_faults import kill_loop, wait_for

@@ -13,8 +13,10 @@ import torch
 
 from kennethlm_core import hookimpl
 from kennethlm_core.config import RunConfig, resolve
+from kennethlm_core.errors import Interrupted, NonFiniteLoss
 from kennethlm_core.plugins import Registry
-from kennethlm_core.train import Interrupted, NonFiniteLoss, read_metrics, train
+from kennethlm_core.rundir import read_metrics
+from kennethlm_core.train import train
 
 from .conftest import tiny_config
 
@@ -170,7 +172,7 @@ def straight(tmp_path_factory):
 
 
 def test_a_branch_with_the_same_settings_continues_exactly(straight, tmp_path, registry):
-    from kennethlm_core.train import snapshot_path
+    from kennethlm_core.rundir import snapshot_path
 
     cfg, run = straight
     summary = train(cfg, tmp_path / "b", registry=registry, init_from=snapshot_path(run, 20))
@@ -183,7 +185,7 @@ def test_a_branch_with_the_same_settings_continues_exactly(straight, tmp_path, r
 
 
 def test_a_branch_keeps_its_own_hyperparameters(straight, tmp_path, registry):
-    from kennethlm_core.train import snapshot_path
+    from kennethlm_core.rundir import snapshot_path
 
     cfg, run = straight
     train(cfg.replace(lr=3e-3), tmp_path / "b", registry=registry, init_from=snapshot_path(run, 20))

@@ -96,6 +96,6 @@ def klm_register_corpus(register):
 
 @hookimpl
 def klm_register_task(register):
-    from kennethlm_core.evaluate import BPBTask
+    from kennethlm_core.builtin.tasks import BPBTask
 
     register("bpb", lambda cfg: BPBTask(), "bits per byte on validation text, per domain")

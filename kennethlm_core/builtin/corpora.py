@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kennethlm_core import logs
 from kennethlm_core.components import Corpus, Document
-from kennethlm_core.errors import DataError
+from kennethlm_core.errors import DataError, first_line
 
 SUFFIXES = {
     ".jsonl": "json",
@@ -58,17 +58,6 @@ def find_files(spec: str) -> list[Path]:
     if not files:
         raise DataError(f"no corpus files in {where}; expected {', '.join(SUFFIXES)} files")
     return files
-
-
-def _quiet_datasets():
-    import datasets
-    import huggingface_hub
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    huggingface_hub.utils.logging.set_verbosity_error()  # no retry chatter when offline
-    logs.quiet("datasets", "huggingface_hub")  # their errors too, before klm's one line
-    return datasets
 
 
 class PathCorpus(Corpus):
@@ -109,14 +98,14 @@ class PathCorpus(Corpus):
     def _table_documents(self, path: Path) -> Iterator[Document]:
         if path.stat().st_size == 0:  # an empty file holds no documents
             return
-        datasets = _quiet_datasets()
+        datasets = logs.quiet_datasets()
         try:
             ds = datasets.load_dataset(builder_for(path), data_files=str(path), split="train")
         except Exception as e:
             kind = builder_for(path)
             expected = "one JSON object per line, in UTF-8" if kind == "json" else f"a {kind} file"
             raise DataError(
-                f"{path}: cannot read it as {kind} ({_first_line(e)}); it must be {expected}, "
+                f"{path}: cannot read it as {kind} ({first_line(e)}); it must be {expected}, "
                 "with a 'text' column: fix the file or leave it out of --corpus"
             ) from None
         if "text" not in ds.column_names:
@@ -243,7 +232,7 @@ class HubCorpus(Corpus):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        datasets = _quiet_datasets()
+        datasets = logs.quiet_datasets()
         schema = pa.schema(
             [(c, pa.string()) for c in ("id", "text", "domain", "source", "license")]
         )
@@ -312,9 +301,9 @@ class HubCorpus(Corpus):
             raise
         except Exception as e:
             if self.path:
-                raise DataError(f"cannot read {self.path} ({_first_line(e)})") from None
+                raise DataError(f"cannot read {self.path} ({first_line(e)})") from None
             raise DataError(
-                f"cannot load '{self.repo}' from the Hugging Face hub ({_first_line(e)}); "
+                f"cannot load '{self.repo}' from the Hugging Face hub ({first_line(e)}); "
                 "offline, download it elsewhere and pass --corpus PATH "
                 "(or --set hub_path=DIR for a copy of the dataset repository)"
             ) from None
@@ -350,11 +339,6 @@ def _batched(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
             batch = []
     if batch:
         yield batch
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 
 
 def path_corpus(cfg) -> PathCorpus:

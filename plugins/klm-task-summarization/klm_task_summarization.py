@@ -27,7 +27,8 @@ from sacrebleu.metrics import CHRF
 
 from kennethlm_core import hookimpl
 from kennethlm_core.components import Metric, Task, TaskResult
-from kennethlm_core.evaluate import bootstrap_ratio, bootstrap_stat, load_rows, sample_rows
+from kennethlm_core.evaluate import load_rows, sample_rows
+from kennethlm_core.metric import bootstrap_ratio, bootstrap_stat
 
 HUB_ID = "EuroEval/nordjylland-news-mini"
 COLUMNS = ["text", "target_text"]

@@ -69,7 +69,7 @@ def test_the_saved_model_is_the_average_and_training_is_untouched(tmp_path):
 
 
 def _metrics(run):
-    from kennethlm_core.train import read_metrics
+    from kennethlm_core.rundir import read_metrics
 
     return read_metrics(run)
 
