@@ -189,6 +189,21 @@ def run_flags() -> set[str]:
     return names | {"time"}
 
 
+def run_command(settings: dict[str, Any], recipe: str) -> str:
+    """The ``klm run`` command line that trains with ``settings`` on top of ``recipe``."""
+    import shlex
+
+    flags = run_flags()
+    words = ["klm", "run", "--recipe", recipe]
+    for key, value in settings.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if key in flags:
+            words += [f"--{key.replace('_', '-')}", text]
+        else:
+            words += ["--set", f"{key}={text}"]
+    return shlex.join(words)
+
+
 def parse_run_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
     """Parse `klm run` flags given as a list of words, e.g. ["--posemb", "rope"]."""
     return overrides_from(_run_args.make_context("run", list(args)).params)
@@ -1033,7 +1048,7 @@ def ladder(ctx, seeds, jobs, out, force, list_, quiet, **params):
     if list_:
         for step, changes in zip(steps, ladder_mod.step_overrides(steps), strict=True):
             click.echo(f"# {step.name}: {step.change}")
-            click.echo(ladder_mod.run_command({**shared, **changes}, recipe))
+            click.echo(run_command({**shared, **changes}, recipe))
         return
     folder = out or ladder_mod.default_folder(shared)
     console = _console(stderr=True)

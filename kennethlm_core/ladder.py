@@ -1,7 +1,7 @@
 """The ladder: from a bigram table to a GPT, one change at a time, each step measured.
 
 The steps follow Karpathy's "Let's build GPT: from scratch, in code, spelled out". Each step is
-``klm run`` arguments that change the step before it, so the configuration of step i is the
+settings (RunConfig fields) that change the step before it, so the configuration of step i is the
 base recipe, then the settings shared by every step (``klm ladder --corpus ...``), then the
 changes of steps 0..i. Every step trains on the same seeds, the same data and the same budget;
 the block size and batch size never change, so every step sees the same tokens.
@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,38 +34,38 @@ from kennethlm_core.errors import ConfigError
 class Step:
     name: str  # a folder name: lowercase words and dashes
     change: str  # what this step adds, in words
-    args: str  # klm run arguments on top of the previous step, kept by the steps after it
-    only: str = ""  # klm run arguments for this step alone, not carried forward
+    settings: dict[str, Any]  # RunConfig settings on top of the step before, kept after it
+    only: dict[str, Any] = field(default_factory=dict)  # for this step alone, not carried on
 
 
 LADDER: tuple[Step, ...] = (
     # next-token logits read from a table row per token: no context at all. A table of logits
     # needs large steps: at the recipe's lr of 1e-3 it hardly moves in 600 steps (val_bpb 8.27
     # on the real corpus, against 3.7 at 0.1), so this step alone trains with lr 0.1.
-    Step("bigram", "a next-token table, no context", "--model bigram", only="--lr 0.1"),
+    Step("bigram", "a next-token table, no context", {"model": "bigram"}, only={"lr": 0.1}),
     # token and position embeddings, y_t = mean of the values up to t, a linear read-out
     Step(
         "mean",
         "embeddings + the mean of the past",
-        "--model gpt --n-layer 1 --n-head 1 --attention mean --mlp none --norm none "
-        "--set residual=false",
+        {"model": "gpt", "n_layer": 1, "n_head": 1, "attention": "mean", "mlp": "none"}
+        | {"norm": "none", "residual": False},
     ),
     # the weights of the average come from queries and keys: softmax(q k^T / sqrt(d))
-    Step("one-head", "one self-attention head", "--attention naive"),
+    Step("one-head", "one self-attention head", {"attention": "naive"}),
     # four heads of a quarter of the width each, side by side
-    Step("four-heads", "four heads", "--n-head 4"),
+    Step("four-heads", "four heads", {"n_head": 4}),
     # a GELU MLP after attention: each position thinks about what it gathered
-    Step("feed-forward", "+ feed-forward (MLP)", "--mlp gelu"),
+    Step("feed-forward", "+ feed-forward (MLP)", {"mlp": "gelu"}),
     # attention + MLP stacked four times, still without residual connections
-    Step("four-blocks", "four blocks, stacked", "--n-layer 4"),
+    Step("four-blocks", "four blocks, stacked", {"n_layer": 4}),
     # x + attn(x), x + mlp(x): a clean path for gradients through the depth
-    Step("residual", "+ residual connections", "--set residual=true"),
+    Step("residual", "+ residual connections", {"residual": True}),
     # LayerNorm before each sublayer and before the read-out (pre-norm, GPT-2)
-    Step("layernorm", "+ layer norm", "--norm layernorm"),
+    Step("layernorm", "+ layer norm", {"norm": "layernorm"}),
     # dropout on attention weights, sublayer outputs and embeddings
-    Step("dropout", "+ dropout 0.2", "--dropout 0.2"),
+    Step("dropout", "+ dropout 0.2", {"dropout": 0.2}),
     # deeper and wider; context and batch stay, so the tokens seen stay the same
-    Step("scaled-up", "6 blocks, 6 heads, width 192", "--n-layer 6 --n-head 6 --n-embd 192"),
+    Step("scaled-up", "6 blocks, 6 heads, width 192", {"n_layer": 6, "n_head": 6, "n_embd": 192}),
 )
 
 BASE_RECIPE = "baseline"
@@ -74,33 +73,18 @@ BASE_RECIPE = "baseline"
 
 def step_overrides(steps: tuple[Step, ...] = LADDER) -> list[dict[str, Any]]:
     """The settings of every step: the changes of the steps up to it, merged in order."""
-    from kennethlm_core.cli import parse_run_args
-
+    known = {f.name for f in fields(RunConfig)}
     merged: dict[str, Any] = {}
     out = []
     for step in steps:
-        recipe, changes = parse_run_args(shlex.split(step.args))
-        _, own = parse_run_args(shlex.split(step.only))
-        if recipe or any(k in {**changes, **own} for k in (*BUDGET_KEYS, "seed")):
-            raise ConfigError(f"ladder step {step.name}: the recipe, budget and seed are shared")
-        merged = {**merged, **changes}
-        out.append({**merged, **own})
+        given = {**step.settings, **step.only}
+        if unknown := sorted(set(given) - known):
+            raise ConfigError(f"ladder step {step.name}: {', '.join(unknown)} is not a setting")
+        if any(k in given for k in (*BUDGET_KEYS, "seed")):
+            raise ConfigError(f"ladder step {step.name}: the budget and seed are shared")
+        merged = {**merged, **step.settings}
+        out.append({**merged, **step.only})
     return out
-
-
-def run_command(settings: dict[str, Any], recipe: str = BASE_RECIPE) -> str:
-    """The ``klm run`` command line that trains one step on its own."""
-    from kennethlm_core.cli import run_flags
-
-    flags = run_flags()
-    words = ["klm", "run", "--recipe", recipe]
-    for key, value in settings.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        if key in flags:
-            words += [f"--{key.replace('_', '-')}", text]
-        else:
-            words += ["--set", f"{key}={text}"]
-    return shlex.join(words)
 
 
 def step_configs(
@@ -182,8 +166,7 @@ def run_ladder(
             {
                 "step": step.name,
                 "change": step.change,
-                "args": step.args,
-                "command": run_command({**shared, **changes}, recipe),
+                "settings": {**shared, **changes},
                 "values": values,
                 "mean": mean,
                 "std": std,

@@ -7,7 +7,8 @@ import shlex
 
 import pytest
 
-from kennethlm_core.ladder import LADDER, default_folder, run_command, step_configs, step_overrides
+from kennethlm_core.cli import parse_run_args, run_command
+from kennethlm_core.ladder import LADDER, default_folder, step_configs, step_overrides
 
 TINY = [
     "--block-size", "16", "--batch-size", "2", "--steps", "2", "--eval-every", "2",
@@ -32,12 +33,11 @@ def test_each_step_adds_its_own_change_to_the_step_before(registry):
 
 
 def test_the_printed_command_trains_the_same_configuration(registry):
-    from kennethlm_core.cli import parse_run_args
     from kennethlm_core.config import build_config, resolve
 
     shared = {"steps": 10, "corpus": "sample", "eval_bytes": 1024}
     for changes, cfg in zip(step_overrides(), step_configs(shared, registry), strict=True):
-        command = run_command({**shared, **changes})
+        command = run_command({**shared, **changes}, "baseline")
         recipe, overrides = parse_run_args(shlex.split(command)[2:])
         assert resolve(build_config(recipe, overrides), registry).to_dict() == cfg.to_dict()
 
@@ -90,3 +90,13 @@ def test_list_prints_a_command_per_step(klm):
 def test_bad_ladder_input_is_one_line_and_exit_2(klm, args, message):
     code, out, err = klm("ladder", *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_step_with_an_unknown_setting_or_a_budget_is_refused():
+    from kennethlm_core.errors import ConfigError
+    from kennethlm_core.ladder import Step
+
+    with pytest.raises(ConfigError, match="ladder step wide: n_embed is not a setting"):
+        step_overrides((Step("wide", "wider", {"n_embed": 256}),))
+    with pytest.raises(ConfigError, match="ladder step long: the budget and seed are shared"):
+        step_overrides((Step("long", "longer", {}, only={"steps": 10}),))
