@@ -32,6 +32,11 @@ from kennethlm_core.plugins import get_registry
 from kennethlm_core.precision import Precision
 from kennethlm_core.rundir import load_run_config
 
+# isort: split
+# Moved to their own modules; kept importable from here for code written before the move.
+from kennethlm_core.builtin.tasks import BPBTask  # noqa: F401
+from kennethlm_core.metric import BPB, bits_per_byte, bootstrap_ratio, score_windows  # noqa: F401
+
 # -- helpers for tasks: choices, classification metrics, data ----------------------------------
 
 

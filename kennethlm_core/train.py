@@ -66,6 +66,11 @@ from kennethlm_core.rundir import (
     truncate_metrics,
 )
 
+# isort: split
+# Moved to their own modules; kept importable from here for code written before the move.
+from kennethlm_core.device import cpu_name  # noqa: F401
+from kennethlm_core.rundir import RUN_FILES, load_run_config, resume_config  # noqa: F401
+
 # torch.compile's compiled code is kept beside the token cache (unless the environment says
 # where), so a second run does not compile again. Set on import: inductor fixes its folder
 # the first time anything asks for it.
