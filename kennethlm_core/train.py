@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from kennethlm_core.errors import (
 )
 from kennethlm_core.metric import bits_per_byte
 from kennethlm_core.model import build_model, count_params
+from kennethlm_core.plugins import get_registry
 from kennethlm_core.provenance import git_commit
 from kennethlm_core.rundir import (
     branch_source,
@@ -198,6 +199,80 @@ def train(
         )
 
 
+@dataclass
+class Run:
+    """A run while it trains: what it was given, what it built, and how far it is.
+
+    ``start`` builds it (a new run, a resumed one, or one started from another run's
+    checkpoint); the loop in ``_train`` moves it on with ``step`` and ``evaluate_and_save``;
+    ``finish`` scores it and writes its summary.
+    """
+
+    cfg: RunConfig
+    out: Path
+    dist: Any  # distributed.Setup: inert with one process
+    log: Callable[[str], None]
+    device: torch.device
+    data: Any  # data.Prepared: the tokenizer and the token splits
+    origin: dict[str, Any]  # provenance: the code and data this run uses
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Callable[[int, float], float]
+    batches: Batches
+    clock: Clock
+    init_info: dict[str, Any] | None  # where a run started from another run's checkpoint
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    loop: Loop | None = None  # what callbacks see
+    chosen: precision.Precision | None = None
+    autocast: Any = None
+    scaler: Any = None
+    step_fn: Callable = None  # the model's forward, wrapped (DDP) and compiled as asked
+    saved: int | None = None  # the step of the checkpoint in the run folder
+    loss_sum: torch.Tensor | None = None  # training loss since the last evaluation
+    loss_steps: int = 0
+    last_val: float = float("nan")
+    watch: LossWatch | None = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def spent(self) -> bool:
+        """Whether this process has used the budget (steps, tokens or time)."""
+        cfg, clock = self.cfg, self.clock
+        return bool(
+            (cfg.steps and clock.step >= cfg.steps)
+            or (cfg.tokens and clock.tokens >= cfg.tokens)
+            or (cfg.time and clock.train_time >= cfg.time)
+        )
+
+    def non_finite(self, what: str = "the training loss") -> NonFiniteLoss:
+        return _non_finite(self.clock, self.saved, self.cfg, self.out, what)
+
+    def writing(self, what: str):
+        return _writing(what, self.clock.step, self.saved, self.out, self.dist.world)
+
+    def evaluating(self) -> contextlib.ExitStack:
+        """Every callback's context for an evaluation (an EMA's weights swapped in)."""
+        stack = contextlib.ExitStack()
+        for callback in self.callbacks.values():
+            stack.enter_context(callback.evaluating(self.loop))
+        return stack
+
+    def score(self, split) -> Any:
+        """Bits per byte of ``split`` with the weights a callback evaluates."""
+        cfg = self.cfg
+        return bits_per_byte(
+            self.model,
+            split,
+            cfg.block_size,
+            self.data.tokenizer.doc_id,
+            self.device,
+            autocast=self.autocast,
+            stride=cfg.eval_stride,
+        )
+
+
 def _train(
     cfg: RunConfig,
     out: Path,
@@ -213,15 +288,65 @@ def _train(
     progress: Any,
     on_eval: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
-    """train(), in its locked run folder."""
-    from kennethlm_core.plugins import get_registry
-
+    """train(), in its locked run folder: start, then evaluate and step until the budget is
+    spent or a signal stops it, then finish."""
     registry = registry or get_registry()
     if resume and init_from is not None:
         raise ConfigError("a resumed run continues its own checkpoint; drop init_from")
     if resume and not (out / CHECKPOINT).exists():  # stopped before its first checkpoint
         log(f"{out} has no checkpoint yet: starting the run again")
         resume, force = False, True
+    run = start(cfg, out, dist, registry, resume, force, allow_changes, init_from, log)
+    val_slice = run.data.val.head(cfg.eval_bytes)
+    # The first step's evaluation: a resumed run has it in metrics.jsonl already; a run started
+    # from another run's checkpoint is evaluated where it starts, on or off the schedule.
+    first_eval = False if resume else True if init_from is not None else None
+    last_report = (run.clock.train_time, run.clock.tokens)
+    with StopFlag() as stop:
+        run.model.train()
+        while True:
+            finished = run.spent()
+            if cfg.time:  # clocks differ between processes: stop when the first runs out
+                finished = dist.any(finished, run.device)
+            scheduled = run.clock.step % cfg.eval_every == 0 or finished
+            if scheduled if first_eval is None else first_eval:
+                evaluate_and_save(run, val_slice, on_eval)
+            first_eval = None
+            if run.clock.step == snapshot_at:
+                checkpoint(run, snapshot_path(out, run.clock.step))
+            if finished:
+                break
+            if dist.any(stop.signal is not None, run.device):  # all ranks stop at one step
+                checkpoint(run)
+                name = signal.Signals(stop.signal).name if stop.signal else "another process"
+                raise Interrupted(
+                    f"stopped by {name} at step {run.clock.step}; the "
+                    f"checkpoint is saved. Continue with: klm run --resume {out}"
+                    + (f" --nproc {dist.world}" if dist.active else "")
+                )
+            step(run)
+            if progress is not None and dist.is_main and (run.clock.step % 10 == 0 or run.spent()):
+                current = (run.loss_sum / max(1, run.loss_steps)).item()
+                dt = run.clock.train_time - last_report[0]
+                tps = (run.clock.tokens - last_report[1]) / dt if dt > 0 else 0.0
+                last_report = (run.clock.train_time, run.clock.tokens)
+                progress(run.clock, run.clock.progress(cfg), current, run.last_val, tps)
+    return finish(run)
+
+
+def start(
+    cfg: RunConfig,
+    out: Path,
+    dist: Any,
+    registry: Any,
+    resume: bool,
+    force: bool,
+    allow_changes: bool,
+    init_from: str | Path | None,
+    log: Callable[[str], None],
+) -> Run:
+    """Check everything that can be checked, prepare the data, write the run's first files,
+    build the model, optimizer and callbacks, and restore a resumed (or branched) run's state."""
     source = branch_source(init_from, cfg) if init_from is not None else None
     preflight(cfg, registry)
     if not resume:
@@ -243,7 +368,6 @@ def _train(
         provenance.check_resume(out, provenance.planned_provenance(cfg, registry), allow_changes)
     with dist.main_first():  # rank 0 fills the token cache, the others then read it
         data = prepare_data(cfg, registry, tokenizer=tokenizer, log=log)
-    tokenizer = data.tokenizer
     mix = mix_weights(cfg.mix, data.train, cfg.block_size)
     cfg = cfg.replace(mix=format_mix(mix))  # config.json records the weights used
     origin = provenance.run_provenance(cfg, registry, data.meta)  # the code and data used
@@ -252,267 +376,224 @@ def _train(
         with _writing("the run's first files", 0, None, out):
             init_run_dir(out, cfg)
             provenance.save(out, origin)
-            tokenizer.save(out / "tokenizer")
+            data.tokenizer.save(out / "tokenizer")
     dist.barrier()  # the run folder exists before any rank reads from it
-    val_slice = data.val.head(cfg.eval_bytes)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, tokenizer.vocab_size, registry).to(device)
+    model = build_model(cfg, data.tokenizer.vocab_size, registry).to(device)
     optimizer = registry.get("optimizer", cfg.optimizer).factory(cfg, model)
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
-    schedule = registry.get("schedule", cfg.schedule).factory(cfg)
-    batches = Batches(
-        data.train, cfg.block_size, cfg.batch_size, cfg.seed, device, list(mix.values())
-    )
-    clock = Clock()
-    metrics_path = out / "metrics.jsonl"
-    init_info = None  # where a run started from another run's checkpoint: {checkpoint, step}
-    rng: dict[str, torch.Tensor] | None = None
-    meta: dict[str, Any] = {}
-
-    if resume:
-        if dist.is_main:  # temporary files of a write that a kill interrupted
-            for stale in out.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
-        rng, meta = load_checkpoint(out / CHECKPOINT, model, optimizer)
-        clock = Clock(meta["step"], meta["tokens"], meta["train_time_s"])
-        loss_sum_saved, loss_steps_saved = meta.get("loss_sum", 0.0), meta.get("loss_steps", 0)
-        init_info = meta.get("init_from")
-        if dist.is_main:
-            step = clock.step
-            with _writing("metrics.jsonl or provenance.json", step, step, out, dist.world):
-                truncate_metrics(metrics_path, clock.step)
-                origin = provenance.resumed(out, origin, changes, clock.step)  # the overrides
-        if changes:
-            log(f"continuing although {provenance.sentence(changes)} (--allow-changes)")
-        log(f"resuming {out} at step {clock.step}")
-    elif source:
-        clock, rng = start_from(source, cfg, model, optimizer, metrics_path, log, dist.is_main)
-        init_info = {"checkpoint": str(source), "step": clock.step}
-    if rng is not None:
-        torch.set_rng_state(rng["torch"])
-        if device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"])
-        batches.set_state(rng["batches"])
-    loop = Loop(cfg, out, model, optimizer, clock, log, dist.is_main)
-    callbacks = {
+    run = Run(
+        cfg, out, dist, log, device, data, origin, model, optimizer,
+        schedule=registry.get("schedule", cfg.schedule).factory(cfg),
+        batches=Batches(
+            data.train, cfg.block_size, cfg.batch_size, cfg.seed, device, list(mix.values())
+        ),
+        clock=Clock(), init_info=None,
+    )  # fmt: skip
+    run.loss_sum = torch.zeros((), device=device)
+    meta = restore(run, resume, source, changes)
+    run.loop = Loop(cfg, out, model, optimizer, run.clock, log, dist.is_main)
+    run.callbacks = {
         name: registry.get("callback", name).factory(cfg)
         for name in component_names(cfg.callback, "callback")
     }
     saved_state = meta.get("extra", {})  # each callback's tensors, under "NAME.KEY"
-    for name, callback in callbacks.items():
+    for name, callback in run.callbacks.items():
         if resume:
-            mine = {
-                k.split(".", 1)[1]: v for k, v in saved_state.items() if k.startswith(f"{name}.")
-            }
-            callback.load_state_dict(mine)
-        callback.started(loop)
+            prefix = f"{name}."
+            callback.load_state_dict(
+                {k[len(prefix) :]: v for k, v in saved_state.items() if k.startswith(prefix)}
+            )
+        callback.started(run.loop)
+    choose_precision(run, meta.get("precision") if resume else None)
+    if resume and meta.get("grad_scaler"):
+        run.scaler.load_state_dict(meta["grad_scaler"])
+    run.step_fn = dist.wrap(model)  # DistributedDataParallel with several processes
+    run.step_fn = torch.compile(run.step_fn) if cfg.compile else run.step_fn
+    run.watch = LossWatch(device)
+    return run
 
-    # float32 or bf16 (--dtype auto: measured on a CPU). A resumed run keeps its precision.
-    if resume and meta.get("precision"):
-        chosen = precision.Precision(**meta["precision"])
+
+def restore(run: Run, resume: bool, source: Path | None, changes: list) -> dict[str, Any]:
+    """A resumed run's weights, optimizer, clock, loss so far and random state from its
+    checkpoint (or a branched run's from its source); return the checkpoint's metadata."""
+    meta: dict[str, Any] = {}
+    rng = None
+    if resume:
+        out, dist = run.out, run.dist
+        if dist.is_main:  # temporary files of a write that a kill interrupted
+            for stale in out.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+        rng, meta = load_checkpoint(out / CHECKPOINT, run.model, run.optimizer)
+        run.clock = Clock(meta["step"], meta["tokens"], meta["train_time_s"])
+        run.loss_sum.fill_(meta.get("loss_sum", 0.0))
+        run.loss_steps = meta.get("loss_steps", 0)
+        run.init_info = meta.get("init_from")
+        run.saved = run.clock.step
+        if dist.is_main:
+            with run.writing("metrics.jsonl or provenance.json"):
+                truncate_metrics(run.metrics_path, run.clock.step)
+                run.origin = provenance.resumed(out, run.origin, changes, run.clock.step)
+        if changes:
+            run.log(f"continuing although {provenance.sentence(changes)} (--allow-changes)")
+        run.log(f"resuming {out} at step {run.clock.step}")
+    elif source:
+        run.clock, rng = start_from(
+            source, run.cfg, run.model, run.optimizer, run.metrics_path, run.log, run.dist.is_main
+        )
+        run.init_info = {"checkpoint": str(source), "step": run.clock.step}
+    if rng is not None:
+        torch.set_rng_state(rng["torch"])
+        if run.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
+        run.batches.set_state(rng["batches"])
+    return meta
+
+
+def choose_precision(run: Run, resumed: dict[str, Any] | None) -> None:
+    """float32 or bf16 (--dtype auto: measured on a CPU); a resumed run keeps its precision."""
+    cfg, device = run.cfg, run.device
+    if resumed:
+        chosen = precision.Precision(**resumed)
     else:
         chosen = precision.choose(
-            device, cfg.dtype, model, (cfg.batch_size // dist.world, cfg.block_size),
-            tokenizer.vocab_size,
+            device, cfg.dtype, run.model, (cfg.batch_size // run.dist.world, cfg.block_size),
+            run.data.tokenizer.vocab_size,
         )  # fmt: skip
-        if dist.active:  # every process trains in the same precision: rank 0's
-            chosen = dist.broadcast(chosen)
-    autocast, dtype = chosen.autocast(device), chosen.dtype
+        if run.dist.active:  # every process trains in the same precision: rank 0's
+            chosen = run.dist.broadcast(chosen)
     if cfg.dtype == "auto":
-        log(f"precision: {dtype} ({chosen.reason})")
-    scaler = precision.grad_scaler(device, dtype)  # a loss scale for float16, else inert
-    if resume and meta.get("grad_scaler"):
-        scaler.load_state_dict(meta["grad_scaler"])
+        run.log(f"precision: {chosen.dtype} ({chosen.reason})")
+    run.chosen, run.autocast = chosen, chosen.autocast(device)
+    run.scaler = precision.grad_scaler(device, chosen.dtype)  # a loss scale for float16
 
-    step_fn = dist.wrap(model)  # DistributedDataParallel with several processes
-    step_fn = torch.compile(step_fn) if cfg.compile else step_fn
 
-    def evaluating() -> contextlib.ExitStack:
-        """Every callback's context for an evaluation (an EMA's weights swapped in)."""
-        stack = contextlib.ExitStack()
-        for callback in callbacks.values():
-            stack.enter_context(callback.evaluating(loop))
-        return stack
+def step(run: Run) -> None:
+    """One optimizer step on the next batch, timed; stops on a non-finite loss."""
+    cfg, clock, optimizer, scaler = run.cfg, run.clock, run.optimizer, run.scaler
+    t0 = time.perf_counter()
+    multiplier = run.schedule(clock.step, clock.progress(cfg))
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * multiplier
+    x, y = run.dist.shard(*run.batches.next())  # each rank: its rows of the global batch
+    if cfg.seq_warmup:
+        x, y = shorter_rows(x, y, clock.progress(cfg), cfg.seq_warmup)
+    with run.autocast:
+        _, loss = run.step_fn(x, y)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)  # clip the gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)  # float16: skipped when the gradients overflowed
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    run.loss_sum += loss.detach()
+    run.loss_steps += 1
+    diverged = run.watch.check(loss)
+    if cfg.time:
+        precision.synchronize(run.device)  # the time budget needs an honest clock
+    clock.step += 1
+    clock.tokens += cfg.batch_size * cfg.block_size
+    clock.train_time += time.perf_counter() - t0
+    if run.dist.any(diverged, run.device):  # every rank stops at the same step
+        raise run.non_finite()
+    for callback in run.callbacks.values():
+        callback.stepped(run.loop)
 
-    def evaluate() -> float:
-        with evaluating():
-            return bits_per_byte(
-                model,
-                val_slice,
-                cfg.block_size,
-                tokenizer.doc_id,
-                device,
-                autocast=autocast,
-                stride=cfg.eval_stride,
-            ).bpb
 
-    def checkpoint(path: Path = out / CHECKPOINT) -> None:
-        """Save the training state (rank 0 writes); refused for weights that are not finite."""
-        nonlocal saved
-        if not _finite(model):  # checked on every rank, so that all stop together
-            raise _non_finite(clock, saved, cfg, out, "the weights")
-        if dist.is_main:
-            rng = {"torch": torch.get_rng_state(), "batches": batches.state()}
-            if device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state()
-            meta = {
-                "step": clock.step,
-                "tokens": clock.tokens,
-                "train_time_s": clock.train_time,
-                "loss_sum": loss_sum.item(),
-                "loss_steps": loss_steps,
-                "init_from": init_info,
-                "precision": chosen.to_json(),
-            }
-            if scaler.is_enabled():
-                meta["grad_scaler"] = scaler.state_dict()
-            extra = {
-                f"{name}.{key}": t
-                for name, callback in callbacks.items()
-                for key, t in callback.state_dict().items()
-            }
-            with _writing(path.name, clock.step, saved, out, dist.world):
-                save_checkpoint(path, model, optimizer, rng, meta, extra)
-        if path == out / CHECKPOINT:
-            saved = clock.step
+def evaluate_and_save(run: Run, val_slice: Any, on_eval: Callable[[dict], None]) -> None:
+    """Score the validation slice, append a metrics row (rank 0), and checkpoint."""
+    mean_loss = run.dist.mean(run.loss_sum / max(1, run.loss_steps))  # over ranks
+    train_loss = mean_loss.item() if run.loss_steps else float("nan")
+    if run.loss_steps and not math.isfinite(train_loss):
+        raise run.non_finite()
+    if not _finite(run.model):
+        raise run.non_finite("the weights")
+    if run.dist.is_main:
+        with run.evaluating():
+            run.last_val = run.score(val_slice).bpb
+        lr = run.optimizer.param_groups[0]["lr"]
+        with run.writing(run.metrics_path.name):
+            row = _append_metrics(run.metrics_path, run.clock, lr, train_loss, run.last_val)
+        on_eval(row)
+        for callback in run.callbacks.values():
+            callback.evaluated(run.loop, row)
+    run.loss_sum.zero_()
+    run.loss_steps = 0
+    checkpoint(run)
 
-    def done() -> bool:
-        return (
-            (cfg.steps and clock.step >= cfg.steps)
-            or (cfg.tokens and clock.tokens >= cfg.tokens)
-            or (cfg.time and clock.train_time >= cfg.time)
-        )
 
-    tokens_per_step = cfg.batch_size * cfg.block_size
-    loss_sum = torch.zeros((), device=device)  # training loss since the last evaluation
-    loss_steps, last_val, last_report = 0, float("nan"), (clock.train_time, clock.tokens)
-    saved = clock.step if resume else None  # the step of the checkpoint in the run folder
-    watch = LossWatch(device)
-    if resume:
-        loss_sum.fill_(loss_sum_saved)
-        loss_steps = loss_steps_saved
-    # The first step's evaluation: a resumed run has it in metrics.jsonl already; a run started
-    # from another run's checkpoint is evaluated where it starts, on or off the schedule.
-    first_eval = False if resume else True if source else None
-    with StopFlag() as stop:
-        model.train()
-        while True:
-            finished = bool(done())
-            if cfg.time:  # clocks differ between processes: stop when the first runs out
-                finished = dist.any(finished, device)
-            scheduled = clock.step % cfg.eval_every == 0 or finished
-            if scheduled if first_eval is None else first_eval:
-                mean_loss = dist.mean(loss_sum / max(1, loss_steps))  # over ranks
-                train_loss = mean_loss.item() if loss_steps else float("nan")
-                if loss_steps and not math.isfinite(train_loss):
-                    raise _non_finite(clock, saved, cfg, out)
-                if not _finite(model):
-                    raise _non_finite(clock, saved, cfg, out, "the weights")
-                if dist.is_main:
-                    last_val = evaluate()
-                    lr = optimizer.param_groups[0]["lr"]
-                    with _writing(metrics_path.name, clock.step, saved, out, dist.world):
-                        row = _append_metrics(metrics_path, clock, lr, train_loss, last_val)
-                    on_eval(row)
-                    for callback in callbacks.values():
-                        callback.evaluated(loop, row)
-                loss_sum.zero_()
-                loss_steps = 0
-                checkpoint()
-            first_eval = None
-            if clock.step == snapshot_at:
-                checkpoint(snapshot_path(out, clock.step))
-            if finished:
-                break
-            if dist.any(stop.signal is not None, device):  # every rank stops at the same step
-                checkpoint()
-                name = signal.Signals(stop.signal).name if stop.signal else "another process"
-                raise Interrupted(
-                    f"stopped by {name} at step {clock.step}; the "
-                    f"checkpoint is saved. Continue with: klm run --resume {out}"
-                    + (f" --nproc {dist.world}" if dist.active else "")
-                )
+def checkpoint(run: Run, path: Path | None = None) -> None:
+    """Save the training state (rank 0 writes); refused for weights that are not finite."""
+    path = path or run.out / CHECKPOINT
+    if not _finite(run.model):  # checked on every rank, so that all stop together
+        raise run.non_finite("the weights")
+    if run.dist.is_main:
+        rng = {"torch": torch.get_rng_state(), "batches": run.batches.state()}
+        if run.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        meta = {
+            "step": run.clock.step,
+            "tokens": run.clock.tokens,
+            "train_time_s": run.clock.train_time,
+            "loss_sum": run.loss_sum.item(),
+            "loss_steps": run.loss_steps,
+            "init_from": run.init_info,
+            "precision": run.chosen.to_json(),
+        }
+        if run.scaler.is_enabled():
+            meta["grad_scaler"] = run.scaler.state_dict()
+        extra = {
+            f"{name}.{key}": t
+            for name, callback in run.callbacks.items()
+            for key, t in callback.state_dict().items()
+        }
+        with run.writing(path.name):
+            save_checkpoint(path, run.model, run.optimizer, rng, meta, extra)
+    if path == run.out / CHECKPOINT:
+        run.saved = run.clock.step
 
-            t0 = time.perf_counter()
-            multiplier = schedule(clock.step, clock.progress(cfg))
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * multiplier
-            x, y = dist.shard(*batches.next())  # each rank: its rows of the global batch
-            if cfg.seq_warmup:
-                x, y = shorter_rows(x, y, clock.progress(cfg), cfg.seq_warmup)
-            with autocast:
-                _, loss = step_fn(x, y)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)  # clip the gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)  # float16: skipped when the gradients overflowed
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-            loss_steps += 1
-            diverged = watch.check(loss)
-            if cfg.time:
-                precision.synchronize(device)  # the time budget needs an honest clock
-            clock.step += 1
-            clock.tokens += tokens_per_step
-            clock.train_time += time.perf_counter() - t0
-            if dist.any(diverged, device):  # every rank stops at the same step
-                raise _non_finite(clock, saved, cfg, out)
-            for callback in callbacks.values():
-                callback.stepped(loop)
 
-            if progress is not None and dist.is_main and (clock.step % 10 == 0 or done()):
-                current = (loss_sum / max(1, loss_steps)).item()
-                dt = clock.train_time - last_report[0]
-                tps = (clock.tokens - last_report[1]) / dt if dt > 0 else 0.0
-                last_report = (clock.train_time, clock.tokens)
-                progress(clock, clock.progress(cfg), current, last_val, tps)
-
+def finish(run: Run) -> dict[str, Any]:
+    """Save the weights, score the validation split, write summary.json (rank 0)."""
+    cfg, dist, clock = run.cfg, run.dist, run.clock
     if not dist.is_main:  # rank 0 scores the run and writes its files; the others wait, so
         dist.barrier()  # that every process leaves the process group at the same time
         return {}
-    final_slice = data.val.head(cfg.final_eval_bytes)
-    with evaluating():  # the weights a callback evaluates (an EMA's) are the run's model
-        with _writing(WEIGHTS, clock.step, saved, out, dist.world):
-            save_weights(model, out / WEIGHTS)
-        log("scoring the validation split")
-        final = bits_per_byte(
-            model,
-            final_slice,
-            cfg.block_size,
-            tokenizer.doc_id,
-            device,
-            autocast=autocast,
-            stride=cfg.eval_stride,
-        )
+    final_slice = run.data.val.head(cfg.final_eval_bytes)
+    with run.evaluating():  # the weights a callback evaluates (an EMA's) are the run's model
+        with run.writing(WEIGHTS):
+            save_weights(run.model, run.out / WEIGHTS)
+        run.log("scoring the validation split")
+        final = run.score(final_slice)
     summary = {
         "val_bpb": final.bpb,
         "val_bpb_ci": final.ci(),
         "val_bpb_by_domain": final.by_domain,
         "val_bytes": final_slice.n_bytes,
         "val_documents": len(final.doc_bytes),
-        "params": count_params(model),
+        "params": count_params(run.model),
         "steps": clock.step,
         "tokens_seen": clock.tokens,
         "train_time_s": clock.train_time,
         "tokens_per_s": clock.tokens / clock.train_time if clock.train_time else 0.0,
-        "device": describe_device(device) + (f" x {dist.world} processes" if dist.active else ""),
-        "dtype": dtype,
-        "precision": chosen.to_json(),
+        "device": describe_device(run.device)
+        + (f" x {dist.world} processes" if dist.active else ""),
+        "dtype": run.chosen.dtype,
+        "precision": run.chosen.to_json(),
         "git_commit": git_commit(),
         "torch": torch.__version__,
-        "vocab_size": tokenizer.vocab_size,
-        "train_tokens": len(data.train.tokens),
-        "init_from": init_info,
-        "provenance": origin,
+        "vocab_size": run.data.tokenizer.vocab_size,
+        "train_tokens": len(run.data.train.tokens),
+        "init_from": run.init_info,
+        "provenance": run.origin,
     }
-    with _writing("summary.json", clock.step, saved, out, dist.world):
-        atomic_write_json(out / "summary.json", summary)
-    for callback in callbacks.values():
-        callback.finished(loop, summary)
+    with run.writing("summary.json"):
+        atomic_write_json(run.out / "summary.json", summary)
+    for callback in run.callbacks.values():
+        callback.finished(run.loop, summary)
     dist.barrier()
     return summary
 
