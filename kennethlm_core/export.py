@@ -13,9 +13,11 @@ and ``AutoTokenizer.from_pretrained(DIR)``, and computes what ``klm`` computes:
   network, and an ``auto_map``; loading needs ``trust_remote_code=True`` and those
   distributions installed;
 - the tokenizer becomes a ``PreTrainedTokenizerFast`` (tokenizer.json) that gives klm's ids:
-  bpe and unigram are already ``tokenizers`` JSON; char and byte are written as a BPE without
-  merges whose unknown characters fall back to byte tokens (``<0xC3>``), which is exactly
-  klm's char tokenizer (and, with no characters, its byte tokenizer). The document token
+  bpe and unigram are already ``tokenizers`` JSON; byte is a ByteLevel model of 256 tokens in
+  byte order; char is a BPE without merges whose unknown characters fall back to byte tokens
+  (``<0xC3>``), which is exactly klm's char tokenizer. (Decoding differs only for fallback
+  bytes that are not UTF-8: transformers gives a U+FFFD for each byte of such a run.) The
+  document token
   ``<|doc|>`` is the beginning-of-sequence token (``tokenizer(text)`` starts with it, as klm's
   documents and ``klm sample`` do), the end of a generation and the padding;
 - README.md is the model card: recipe, components, parameters, data, val and test bits per
@@ -271,7 +273,7 @@ def max_logit_diff(lm: Any, hf: Any) -> float:
 
 def hf_tokenizer(tok: Any, block_size: int) -> Any:
     """klm's tokenizer as a PreTrainedTokenizerFast with the same ids."""
-    from tokenizers import Tokenizer, decoders, models, processors
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     from kennethlm_core.builtin.tokenizers import ByteTokenizer, CharTokenizer
@@ -279,11 +281,16 @@ def hf_tokenizer(tok: Any, block_size: int) -> Any:
 
     if isinstance(tok, HFTokenizer):
         lib = Tokenizer.from_str(tok.to_json())
-    elif isinstance(tok, CharTokenizer | ByteTokenizer):
-        chars = tok.chars if isinstance(tok, CharTokenizer) else []
-        vocab = {c: i for i, c in enumerate(chars)}
-        vocab |= {f"<0x{b:02X}>": len(chars) + b for b in range(256)}
-        vocab[DOC] = len(chars) + 256
+    elif isinstance(tok, ByteTokenizer):  # each byte one token, in byte order
+        alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=byte_of)
+        lib = Tokenizer(models.BPE(vocab={c: byte_of(c) for c in alphabet}, merges=[]))
+        lib.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        lib.decoder = decoders.ByteLevel()  # the bytes decoded at once, as klm does
+        lib.add_special_tokens([DOC])
+    elif isinstance(tok, CharTokenizer):
+        vocab = {c: i for i, c in enumerate(tok.chars)}
+        vocab |= {f"<0x{b:02X}>": len(tok.chars) + b for b in range(256)}
+        vocab[DOC] = len(tok.chars) + 256
         lib = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True))
         lib.add_special_tokens([DOC])
         lib.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
@@ -307,6 +314,18 @@ def hf_tokenizer(tok: Any, block_size: int) -> Any:
         clean_up_tokenization_spaces=False,  # decoding gives the text back exactly
         model_max_length=block_size,
     )
+
+
+def byte_of(char: str) -> int:
+    """The byte that the ByteLevel alphabet's ``char`` stands for (GPT-2's printable
+    stand-ins: bytes that print as themselves, the others moved up from U+0100)."""
+    code = ord(char)
+    if code >= 256:
+        return sorted(set(range(256)) - set(PRINTABLE))[code - 256]
+    return code
+
+
+PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
 
 
 def check_tokenizer(hf: Any, tok: Any) -> None:

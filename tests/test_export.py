@@ -151,7 +151,10 @@ def test_greedy_generate_equals_klm_sample(name, exported, klm):
     )
     assert code == 0, err
     text = tokenizer.decode(theirs[0, ids.size(1) :], skip_special_tokens=True)
-    assert out == PROMPT + text.replace(chr(0xFFFD), "") + "\n"
+    # (char: fallback bytes that are not UTF-8 decode to one U+FFFD each in transformers,
+    # valid neighbours in the same run included, where klm keeps those: docs/export.md)
+    if lm.config.tokenizer != "char" or chr(0xFFFD) not in lm.decode(ours[0, ids.size(1) :]):
+        assert out == PROMPT + text.replace(chr(0xFFFD), "") + "\n"
 
 
 def danish_texts():
