@@ -398,10 +398,9 @@ def model_card(run: Path, lm: Any, kind: str, why: list[str], config: Any, diff:
         "print(tokenizer.decode(model.generate(ids, max_new_tokens=50, do_sample=False)[0]))\n"
         "```\n",
         "## Recipe\n",
-        f"The `{recipe}` recipe of registry.toml." if recipe else "No recipe of registry.toml:",
-        f" {shape}; every setting is in `config.json` (`klm_config`) or the run's own config.\n"
-        if remote
-        else f" {shape}.\n",
+        (f"The `{recipe}` recipe of registry.toml: " if recipe else "No recipe of registry.toml: ")
+        + f"{shape}; every setting is in the run's config.json"
+        + (" (and in this folder's config.json, `klm_config`).\n" if remote else ".\n"),
         "| slot | component |\n|---|---|\n" + "\n".join(rows) + "\n",
     ]
     if remote:
@@ -414,7 +413,7 @@ def model_card(run: Path, lm: Any, kind: str, why: list[str], config: Any, diff:
         "## Parameters\n",
         f"{params:,} parameters"
         + (", embeddings tied" if config.tie_word_embeddings else "")
-        + f"; weights in float32. Exported logits equal klm's to {diff:.1g}.\n",
+        + f"; weights in float32. The exported logits differ from klm's by at most {diff:.1e}.\n",
         "## Data\n",
         f"Corpus `{cfg.corpus}`; tokenizer `{cfg.tokenizer}` ({lm.tokenizer.vocab_size:,} "
         f"tokens, `{DOC}` marks each document's start); "

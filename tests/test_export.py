@@ -231,7 +231,7 @@ def test_model_card(exported, klm):
     card = (done.out / "README.md").read_text()
     summary = json.loads((run / "summary.json").read_text())
     assert card.startswith("---\n") and "klm_export:" in card
-    assert "The `baseline` recipe of registry.toml" not in card  # tiny: not the recipe's shape
+    assert "No recipe of registry.toml: 2 layers" in card  # tiny: not the recipe's shape
     assert f"{summary['params']:,} parameters" in card
     assert f"| validation | {summary['val_bpb']:.4f} |" in card
     assert "| test | not scored |" in card
@@ -294,16 +294,14 @@ def test_push_to_hub_fails_in_one_line_and_keeps_the_folder(exported, tmp_path):
     assert_one_line_error(proc.returncode, proc.stderr, "cannot push to me/tiny", "hf upload")
     assert f"the model folder {out} is written" in proc.stderr
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
-    # offline: said so, before any connection is tried
-    env["HF_HUB_OFFLINE"] = "1"
-    proc = subprocess.run(
-        [*argv, "--force", "--push-to-hub", "me/tiny"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
-    assert_one_line_error(proc.returncode, proc.stderr, "offline (HF_HUB_OFFLINE is set)")
+
+
+def test_push_to_hub_offline_says_so(exported, klm, tmp_path, monkeypatch):
+    run, _, _, _ = exported("baseline")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = klm("export", run, "--to", tmp_path / "m", "--push-to-hub", "me/tiny")
+    assert_one_line_error(code, err, "offline (HF_HUB_OFFLINE is set)", "hf upload me/tiny")
+    assert out.startswith("wrote ") and (tmp_path / "m" / "config.json").exists()
 
 
 def test_klm_help_imports_neither_torch_nor_transformers():
