@@ -394,8 +394,9 @@ def model_card(run: Path, lm: Any, kind: str, why: list[str], config: Any, diff:
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         f'tokenizer = AutoTokenizer.from_pretrained("{run.name}")\n'
         f'model = AutoModelForCausalLM.from_pretrained("{run.name}"{trust})\n'
-        'ids = tokenizer("Der var engang", return_tensors="pt").input_ids  # <|doc|> first\n'
-        "print(tokenizer.decode(model.generate(ids, max_new_tokens=50, do_sample=False)[0]))\n"
+        'inputs = tokenizer("Der var engang", return_tensors="pt")  # <|doc|> first\n'
+        "out = model.generate(**inputs, max_new_tokens=50, do_sample=False)\n"
+        "print(tokenizer.decode(out[0], skip_special_tokens=True))\n"
         "```\n",
         "## Recipe\n",
         (f"The `{recipe}` recipe of registry.toml: " if recipe else "No recipe of registry.toml: ")
