@@ -491,6 +491,45 @@ def sample(ctx, run_dir, prompt, max_new_tokens, temperature, top_k, num_samples
         click.echo(prompt + lm.decode(new).replace(chr(0xFFFD), ""))
 
 
+# -- klm export ------------------------------------------------------------------------------
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--to", "out", required=True, type=click.Path(path_type=Path), help="The model folder."
+)
+@click.option("--force", is_flag=True, help="Replace an earlier export in --to.")
+@click.option(
+    "--push-to-hub", "repo", metavar="REPO", help="Then upload it as this hub model (user/name)."
+)
+@click.pass_context
+def export_(ctx, run_dir, out, force, repo):
+    """Export a run as a Hugging Face model folder (docs/export.md).
+
+    A GPT of the baseline components becomes a stock GPT-2; any other model, remote code
+    that builds it through kennethlm_core and the run's plugins (trust_remote_code=True).
+    The tokenizer gives klm's ids; README.md is the model card. --to must be new or empty;
+    --force replaces only an earlier export.
+    """
+    # imported here, not at the top: klm --help must not import torch or transformers
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise KLMError("klm export needs transformers: pip install 'kennethlm[hf]'") from None
+    from kennethlm_core.export import export_run, push
+
+    done = export_run(
+        run_dir, out, force=force, registry=_registry(ctx), log=lambda m: click.echo(m, err=True)
+    )
+    click.echo(
+        f"wrote {run_dir} to {out} as {done.kind}: {done.params:,} parameters, "
+        f"{done.bytes / 1e6:.1f} MB in {', '.join(done.files)}"
+    )
+    if repo:
+        click.echo(f"pushed to {push(out, repo)}")
+
+
 # -- klm eval --------------------------------------------------------------------------------
 
 

@@ -70,33 +70,45 @@ def check_split(split: str) -> None:
         raise ConfigError(f"unknown split '{split}'; export validation or test")
 
 
-def check_out(out: Path, force: bool) -> None:
+def check_out(
+    out: Path,
+    force: bool,
+    *,
+    flag: str = "--out",
+    command: str = "klm data export",
+    foreign: Callable[[Path], list[str]] | None = None,
+) -> None:
     """Refuse an ``out`` that would lose anything: a file, a link, a folder that is not empty
-    (without ``force``), or one that is not purely an earlier export (even with it)."""
+    (without ``force``), or one that is not purely an earlier export (even with it).
+
+    ``klm export`` (a model folder) checks its ``--to`` with this too: ``flag`` and
+    ``command`` name the option and the command in the messages, and ``foreign`` lists what
+    in a folder that kind of export does not write (default: a dataset export's
+    ``foreign_files``)."""
     if out.is_symlink():
-        raise KLMError(f"--out {out} is a symbolic link; give the folder itself")
+        raise KLMError(f"{flag} {out} is a symbolic link; give the folder itself")
     if not out.exists():
         return
     if not out.is_dir():
-        raise KLMError(f"--out {out} is a file, not a folder; choose another --out")
+        raise KLMError(f"{flag} {out} is a file, not a folder; choose another {flag}")
     if not any(out.iterdir()):
         return
     if not force:
         raise KLMError(
-            f"--out {out} is not empty; choose another --out, or give --force to replace "
+            f"{flag} {out} is not empty; choose another {flag}, or give --force to replace "
             "an earlier export there"
         )
     if card_record(out) is None:
         raise KLMError(
-            f"--out {out} is not an earlier export (no README.md marked by klm data export); "
-            "--force replaces only those: choose another --out"
+            f"{flag} {out} is not an earlier export (no README.md marked by {command}); "
+            f"--force replaces only those: choose another {flag}"
         )
-    foreign = foreign_files(out)
-    if foreign:
-        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    found = (foreign or foreign_files)(out)
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
         raise KLMError(
-            f"--out {out} holds files an export does not write ({', '.join(foreign[:3])}{more}); "
-            "move them away or choose another --out"
+            f"{flag} {out} holds files an export does not write ({', '.join(found[:3])}{more}); "
+            f"move them away or choose another {flag}"
         )
 
 
@@ -508,30 +520,52 @@ def _listed(value: Any, unit: str = "") -> str:
 def push_to_hub(out: Path, repo: str, split: str) -> str:
     """Upload the export ``out`` to the hub dataset ``repo`` (created if need be), replacing
     its README.md and its parquet files of ``split``; returns the dataset's address."""
-    import huggingface_hub
-
-    logs.quiet("huggingface_hub")
-
     later = (
         f"the dataset folder {out} is written; push it later with: "
         f"hf upload {repo} {out} . --repo-type dataset"
     )
+    upload(
+        out,
+        repo,
+        repo_type="dataset",
+        message=f"klm data export: the {split} split",
+        later=later,
+        delete_patterns=[f"data/{split}-*.parquet"],  # shards of an earlier export
+    )
+    return f"https://huggingface.co/datasets/{repo}"
+
+
+def upload(
+    out: Path,
+    repo: str,
+    *,
+    repo_type: str,
+    message: str,
+    later: str,
+    delete_patterns: list[str] | None = None,
+) -> None:
+    """Create the hub repository ``repo`` if need be and upload the folder ``out`` to it, with
+    huggingface_hub's own calls; offline or on any failure, one KLMError ending in ``later``
+    (what is written, and how to push it by hand)."""
+    import huggingface_hub
+
+    logs.quiet("huggingface_hub")
+
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
     if offline or huggingface_hub.constants.HF_HUB_OFFLINE:  # (read when it was imported)
         raise KLMError(f"cannot push to {repo}: offline (HF_HUB_OFFLINE is set); {later}")
     api = huggingface_hub.HfApi()
     try:
-        api.create_repo(repo, repo_type="dataset", exist_ok=True)
+        api.create_repo(repo, repo_type=repo_type, exist_ok=True)
         api.upload_folder(
             repo_id=repo,
             folder_path=out,
-            repo_type="dataset",
-            commit_message=f"klm data export: the {split} split",
-            delete_patterns=[f"data/{split}-*.parquet"],  # shards of an earlier export
+            repo_type=repo_type,
+            commit_message=message,
+            delete_patterns=delete_patterns,
         )
     except Exception as e:
         what = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise KLMError(
             f"cannot push to {repo} ({what}); log in with `hf auth login` if need be; {later}"
         ) from None
-    return f"https://huggingface.co/datasets/{repo}"
