@@ -14,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from kennethlm_core.data import SPLITS, unit_hash
 from kennethlm_core.device import pick_device
 from kennethlm_core.errors import ConfigError, DataError, first_line
 from kennethlm_core.metric import bootstrap_mean, bootstrap_stat
-from kennethlm_core.model import build_model
+from kennethlm_core.model import build_model, stream
 from kennethlm_core.plugins import get_registry
 from kennethlm_core.precision import Precision
 from kennethlm_core.rundir import load_run_config
@@ -335,16 +336,13 @@ class LoadedRun(LanguageModel):
         doc_id = self.tokenizer.doc_id
         x = torch.tensor([[doc_id, *self.encode(prompt)]], device=self.device)
         new: list[int] = []
-        for _ in range(max_new_tokens):
-            with self.autocast:
-                logits, _ = self.model(x[:, -self.block_size :])
-            nxt = int(logits[0, -1].argmax())
-            if nxt == doc_id:
-                break
-            new.append(nxt)
-            x = torch.cat([x, torch.tensor([[nxt]], device=self.device)], dim=1)
-            if answer_text(self.decode(new), stop)[1]:
-                break
+        with self.autocast:
+            for nxt in islice(stream(self.model, x, self.block_size, 0), max_new_tokens):
+                if int(nxt) == doc_id:
+                    break
+                new.append(int(nxt))
+                if answer_text(self.decode(new), stop)[1]:
+                    break
         return answer_text(self.decode(new), stop)[0]
 
 

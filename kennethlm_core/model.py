@@ -8,7 +8,8 @@ the residual projections (``c_proj``) scaled by 1/sqrt(2 * n_layer), optional bi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 import torch
@@ -179,20 +180,19 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def generate(
+def stream(
     model: nn.Module,
     idx: torch.Tensor,
-    max_new_tokens: int,
     block_size: int,
     temperature: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
-    stop_id: int | None = None,
-) -> torch.Tensor:
-    """Extend idx (B, T) by sampling; temperature 0 is greedy. Stops early when every row
-    has produced ``stop_id``."""
-    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-    for _ in range(max_new_tokens):
+) -> Iterator[torch.Tensor]:
+    """The next token of every row of idx (B, T), as a (B, 1) tensor, again and again: each
+    sees the last ``block_size`` tokens before it. Temperature 0 is greedy; ``top_k`` samples
+    among the k likeliest tokens. The one generation loop: `generate` and
+    ``LoadedRun.generate`` (evaluation's greedy answers) both take their tokens from it."""
+    while True:
         logits, _ = model(idx[:, -block_size:])
         logits = logits[:, -1, :].float()
         if temperature == 0:
@@ -204,6 +204,25 @@ def generate(
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             probs = F.softmax(logits, dim=-1)
             nxt = torch.multinomial(probs, num_samples=1, generator=generator)
+        yield nxt
+        idx = torch.cat((idx, nxt), dim=1)
+
+
+def generate(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    block_size: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    stop_id: int | None = None,
+) -> torch.Tensor:
+    """Extend idx (B, T) by up to ``max_new_tokens`` tokens of `stream`. Stops early when
+    every row has produced ``stop_id``."""
+    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    tokens = stream(model, idx, block_size, temperature, top_k, generator)
+    for nxt in islice(tokens, max_new_tokens):  # no forward pass past the last token
         idx = torch.cat((idx, nxt), dim=1)
         if stop_id is not None:
             done |= nxt.squeeze(1) == stop_id
