@@ -111,7 +111,13 @@ def run_options(f):
         ),
         click.option("--vocab-size", type=int, help="Tokenizer vocabulary size (0: its default)."),
         click.option("--corpus", help="A corpus name (sample, dagw, dynaword) or a path."),
-        click.option("--mix", help="Domain weights for training batches: books=0.5,speech=0.5."),
+        click.option(
+            "--mix",
+            help="Domain weights for training batches: books=0.5,speech=0.5 (domains left out "
+            "get none, but are still scored on validation), or temperature=ALPHA: weights "
+            "proportional to each domain's natural share to the power ALPHA (1: natural, the "
+            "default; 0: uniform).",
+        ),
         click.option("--n-layer", type=int, help="Transformer blocks."),
         click.option("--n-head", type=int, help="Attention heads."),
         click.option("--n-embd", type=int, help="Width of the residual stream."),
