@@ -425,16 +425,39 @@ def run_jobs(
     disabled: list[str],
     logs: Path,
     say: Callable[[str], None],
+    failed: dict[str, str] | None = None,
 ) -> None:
-    """Train the jobs that are not done: in this process, or in up to n_jobs subprocesses."""
+    """Train the jobs that are not done: in this process, or in up to n_jobs subprocesses.
+
+    A run that fails stops them all, unless ``failed`` is given: then its one-line reason is
+    kept there under the run folder's path and the other runs go on (a sweep, where a
+    diverging cell is a result). Ctrl-C and SIGTERM always stop everything."""
+    from kennethlm_core.train import Interrupted
+
     todo = [j for j in jobs if j.mode != "done"]
     for job in jobs:
         if job.mode == "done":
             say(f"{job.label}: finished before, reused")
+
+    def failure(job: Job, message: str) -> None:
+        if failed is None:
+            raise KLMError(message)
+        failed[str(job.out)] = message
+        say(f"{job.label}: failed: {message}")
+
     if n_jobs <= 1:
         for job in todo:
             say(f"{job.label}: {_starting(job)}")
-            say(_finished(job, execute(job, registry)))
+            try:
+                summary = execute(job, registry)
+            except Interrupted:
+                raise
+            except KLMError as e:
+                if failed is None:
+                    raise
+                failure(job, " ".join(str(e).split()))
+                continue
+            say(_finished(job, summary))
         return
 
     logs.mkdir(parents=True, exist_ok=True)
@@ -460,9 +483,12 @@ def run_jobs(
                 if proc.poll() is None:
                     continue
                 running.remove(item)
+                if proc.returncode == 130 and failed is not None:  # stopped, not failed
+                    raise Interrupted(f"{job.label} was stopped")
                 if proc.returncode != 0:
                     lines = log.read_text(encoding="utf-8").strip().splitlines() or ["no output"]
-                    raise KLMError(f"{job.label} failed: {lines[-1]} (see {log})")
+                    failure(job, f"{job.label} failed: {lines[-1]} (see {log})")
+                    continue
                 say(_finished(job, json.loads((job.out / "summary.json").read_text())))
 
 
