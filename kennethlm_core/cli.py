@@ -1087,6 +1087,109 @@ def _print_ladder(s: dict[str, Any]) -> None:
     console.print(table)
 
 
+# -- klm sweep -------------------------------------------------------------------------------
+
+
+@cli.command()
+@run_options
+@click.option(
+    "--grid",
+    multiple=True,
+    metavar="KEY=V1,V2",
+    help="A setting and its values (split at ';' instead when a value has commas); "
+    "repeatable: the sweep trains every combination.",
+)
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per cell.")
+@click.option("--x", "x_key", metavar="KEY", help="The grid key the plot draws along.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Sweep folder (default experiments/sweep-<keys>-<budget>-...).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace runs made with another configuration, or with other code or data.",
+)
+@click.option(
+    "--allow-changes",
+    is_flag=True,
+    help="Reuse or resume runs whose code or data changed since they ran (in summary.json).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only the result table.")
+@click.pass_context
+def sweep(ctx, grid, seeds, x_key, jobs, out, force, allow_changes, quiet, **params):
+    """Train a grid of settings on seeds: val_bpb per cell, a table and a plot.
+
+    \b
+    klm sweep --grid tokenizer=bpe,unigram --grid vocab_size=1024,4096 --seeds 3
+    klm sweep --recipe record --grid lr=1e-3,3e-3,1e-2 --time 5m --jobs 2
+    klm sweep --grid mix=temperature=0,temperature=0.5,temperature=1 --corpus PATH
+
+    Every cell trains on the same seeds and budget (default --steps {steps}); any klm run flag
+    given here applies to every cell. A cell that cannot run (the byte tokenizer with a
+    vocabulary size, a setting the configuration refuses, the same run as another cell) is
+    skipped with its reason. Running the same sweep again reuses finished runs and resumes
+    interrupted ones. Prints mean ± std of val_bpb per cell and saves summary.json and
+    sweep.png (val_bpb against the --x key, default the last numeric grid key; one line per
+    value of the other keys).
+    """
+    from kennethlm_core import sweep as sweep_mod
+    from kennethlm_core.config import BUDGET_KEYS
+
+    registry = _registry(ctx)
+    recipe, shared = overrides_from(params)
+    if seeds < 1:
+        raise KLMError("--seeds must be at least 1")
+    if jobs < 1:
+        raise KLMError("--jobs must be at least 1")
+    first = shared.pop("seed", 1)
+    axes = sweep_mod.parse_grid(grid, registry)
+    twice = [a.key for a in axes if a.key in shared]
+    if twice:
+        raise KLMError(f"{twice[0]} is set by --grid and by a flag or --set; give it once")
+    budget_axes = [a.key for a in axes if a.key in BUDGET_KEYS]
+    if budget_axes and any(k in shared for k in BUDGET_KEYS):
+        raise KLMError(
+            f"the grid sweeps the budget ({budget_axes[0]}); drop --steps/--tokens/--time"
+        )
+    if not budget_axes and not any(k in shared for k in BUDGET_KEYS):
+        shared["steps"] = STANDARD_STEPS
+    x_key = sweep_mod.x_axis(axes, x_key)
+    sweep_mod.grid_cells(axes, shared, registry, recipe)  # refused cells fail here, quietly
+    folder = out or sweep_mod.default_folder(axes, shared)
+    if folder.exists() and not folder.is_dir():
+        raise KLMError(f"{folder} is a file; give --out a folder for the sweep")
+    console = _console(stderr=True)
+    say = (lambda message: None) if quiet else (lambda m: console.print(m, soft_wrap=True))
+    say(f"sweep folder: {folder}")
+    summary = sweep_mod.run_sweep(
+        axes,
+        shared,
+        folder,
+        registry=registry,
+        seeds=list(range(first, first + seeds)),
+        recipe=recipe,
+        x=x_key,
+        jobs=jobs,
+        force=force,
+        allow_changes=allow_changes,
+        disabled=_disabled(ctx),
+        say=say,
+    )
+    console = _console()
+    if not console.is_terminal:  # a log file or a pipe: no wrapping at 80 columns
+        console.width = max(console.width, 120)
+    console.print(sweep_mod.table(summary))
+    for line in sweep_mod.notes(summary):
+        console.print(line, soft_wrap=True)
+    click.echo(f"written to {folder / 'summary.json'} and {folder / 'sweep.png'}")
+
+
+sweep.help = sweep.help.replace("{steps}", str(STANDARD_STEPS))
+
+
 # -- klm plot --------------------------------------------------------------------------------
 
 

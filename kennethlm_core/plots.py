@@ -201,3 +201,61 @@ def plot_ladder(summary: dict, out: str | Path) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_sweep(summary: dict, out: str | Path) -> Path:
+    """A sweep (klm sweep): final val_bpb against the swept value ``summary["x"]``, one line
+    per series of the other grid keys, each point the mean over seeds with a band (and bar)
+    of ±1 sd. Skipped cells and cells without a finished seed leave a gap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x, cells = summary["x"], summary["cells"]
+    others = [k for k in summary["grid"] if k != x]
+    xs: list = []  # the swept values, typed, in grid order (cells come in grid order)
+    for row in cells:
+        if row["cell"][x] not in xs:
+            xs.append(row["cell"][x])
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs)
+    pos = np.array(xs if numeric else range(len(xs)), dtype=float)
+    series: dict[str, list] = {}
+    for row in cells:
+        name = " ".join(f"{k}={row['cell'][k]}" for k in others) or "val_bpb"
+        series.setdefault(name, [None] * len(xs))[xs.index(row["cell"][x])] = row
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
+    for i, (name, rows) in enumerate(series.items()):
+        color = COLORS[i % len(COLORS)]
+        got = [r if r and r.get("values") else None for r in rows]
+        mean = np.array([r["mean"] if r else np.nan for r in got])
+        std = np.array([r["std"] if r else np.nan for r in got])
+        n = max((len(r["values"]) for r in got if r), default=0)
+        label = f"{name} ({n} seeds)" if n > 1 else name
+        ax.errorbar(pos, mean, yerr=std, color=color, marker="o", ms=4, lw=1.8, capsize=3,
+                    label=label)  # fmt: skip
+        if n > 1:
+            ax.fill_between(pos, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+    if numeric and (pos > 0).all() and pos.max() / pos.min() >= 8:
+        ax.set_xscale("log", base=2 if all(float(v).is_integer() for v in xs) else 10)
+    ax.set_xticks(pos, summary["grid"][x])
+    ax.minorticks_off()
+    ax.set_xlabel(x)
+    ax.set_ylabel("final val_bpb (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    budget = ", ".join(f"{v} {k}" for k, v in summary["budget"].items()) or "the budget per cell"
+    seeds = len(summary["seeds"])
+    band = " (mean ± 1 sd over seeds)" if seeds > 1 else ""
+    skipped = f"; {summary['skipped']} cells skipped" if summary.get("skipped") else ""
+    ax.set_title(
+        f"val_bpb against {x}: {budget}, {seeds} seed{'s' * (seeds > 1)}{band}{skipped}",
+        fontsize=10,
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

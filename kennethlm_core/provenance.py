@@ -123,6 +123,7 @@ NOT_COMPUTING = {
     "registry.py",
     "runlock.py",
     "scaffold.py",
+    "sweep.py",
     "testing.py",
 }
 
