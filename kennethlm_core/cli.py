@@ -1005,10 +1005,15 @@ def _render_readme(path: Path) -> None:
     help="Ladder folder (default experiments/ladder-<budget>-...).",
 )
 @click.option("--force", is_flag=True, help="Replace runs made with another configuration.")
+@click.option(
+    "--allow-changes",
+    is_flag=True,
+    help="Reuse or resume runs whose code or data changed since they ran (in summary.json).",
+)
 @click.option("--list", "list_", is_flag=True, help="Only print each step's klm run command.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the result table.")
 @click.pass_context
-def ladder(ctx, seeds, jobs, out, force, list_, quiet, **params):
+def ladder(ctx, seeds, jobs, out, force, allow_changes, list_, quiet, **params):
     """From a bigram table to a GPT, one change at a time: train every step, compare them.
 
     \b
@@ -1052,6 +1057,7 @@ def ladder(ctx, seeds, jobs, out, force, list_, quiet, **params):
         recipe=recipe,
         jobs=jobs,
         force=force,
+        allow_changes=allow_changes,
         disabled=_disabled(ctx),
         say=say,
     )

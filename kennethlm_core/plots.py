@@ -174,10 +174,14 @@ def plot_ladder(summary: dict, out: str | Path) -> Path:
         steps = sorted(s for s in set.intersection(*(set(t) for t in tables)) if s > 0)
         if not steps:
             continue
-        vals = np.array([[t[s]["val_bpb"] for s in steps] for t in tables]).mean(axis=0)
+        seeds = np.array([[t[s]["val_bpb"] for s in steps] for t in tables])
+        vals = seeds.mean(axis=0)
         tokens = [tables[0][s]["tokens"] for s in steps]
         color = cmap(i / max(1, len(rows) - 1))
         right.plot(tokens, vals, color=color, lw=1.5, marker="o", ms=2.5, label=r["step"])
+        if len(tables) > 1:  # the band over seeds, as the left panel's bars
+            std = seeds.std(axis=0, ddof=1)
+            right.fill_between(tokens, vals - std, vals + std, color=color, alpha=0.15, lw=0)
         finals.append(vals)
     if finals:
         low = min(v.min() for v in finals)
