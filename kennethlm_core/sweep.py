@@ -305,8 +305,8 @@ def _skip_duplicates(cells: list[Cell]) -> None:
         if key in seen:
             tok = cell.prepared.tokenizer
             cell.reason = (
-                f"the same run as {seen[key].label}: {cell.cfg.tokenizer} has {tok.vocab_size:,} "
-                f"tokens on this corpus, whatever vocab_size above that"
+                f"the same run as {seen[key].label}: {cell.cfg.tokenizer} comes out the same "
+                f"on this corpus, {tok.vocab_size:,} tokens"
             )
             cell.cfg = None
         else:
