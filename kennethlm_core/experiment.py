@@ -440,8 +440,6 @@ def run_jobs(
             say(f"{job.label}: finished before, reused")
 
     def failure(job: Job, message: str) -> None:
-        if failed is None:
-            raise KLMError(message)
         failed[str(job.out)] = message
         say(f"{job.label}: failed: {message}")
 
@@ -487,7 +485,9 @@ def run_jobs(
                     raise Interrupted(f"{job.label} was stopped")
                 if proc.returncode != 0:
                     lines = log.read_text(encoding="utf-8").strip().splitlines() or ["no output"]
-                    failure(job, f"{job.label} failed: {lines[-1]} (see {log})")
+                    if failed is None:
+                        raise KLMError(f"{job.label} failed: {lines[-1]} (see {log})")
+                    failure(job, f"{lines[-1].removeprefix('klm: error: ')} (see {log})")
                     continue
                 say(_finished(job, json.loads((job.out / "summary.json").read_text())))
 

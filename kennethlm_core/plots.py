@@ -210,7 +210,9 @@ def plot_ladder(summary: dict, out: str | Path) -> Path:
 def plot_sweep(summary: dict, out: str | Path) -> Path:
     """A sweep (klm sweep): final val_bpb against the swept value ``summary["x"]``, one line
     per series of the other grid keys, each point the mean over seeds with a band (and bar)
-    of ±1 sd. Skipped cells and cells without a finished seed leave a gap."""
+    of ±1 sd. Skipped cells and cells without a finished seed leave a gap; a series with no
+    point at all is left out. Along vocab_size a point sits at the vocabulary the tokenizer
+    really has (char stops at the characters it saw)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,27 +226,37 @@ def plot_sweep(summary: dict, out: str | Path) -> Path:
         if row["cell"][x] not in xs:
             xs.append(row["cell"][x])
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs)
-    pos = np.array(xs if numeric else range(len(xs)), dtype=float)
+
+    def position(row) -> float:
+        if x == "vocab_size" and row.get("vocab_size"):
+            return float(row["vocab_size"])
+        return float(row["cell"][x]) if numeric else float(xs.index(row["cell"][x]))
+
     series: dict[str, list] = {}
     for row in cells:
-        name = " ".join(f"{k}={row['cell'][k]}" for k in others) or "val_bpb"
-        series.setdefault(name, [None] * len(xs))[xs.index(row["cell"][x])] = row
+        name = " ".join(f"{k}={row['texts'][k]}" for k in others) or "val_bpb"
+        series.setdefault(name, [])
+        if row.get("values"):
+            series[name].append((position(row), row["mean"], row["std"], len(row["values"])))
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
-    for i, (name, rows) in enumerate(series.items()):
+    ticks: set[float] = set()
+    for i, (name, points) in enumerate(p for p in series.items() if p[1]):
         color = COLORS[i % len(COLORS)]
-        got = [r if r and r.get("values") else None for r in rows]
-        mean = np.array([r["mean"] if r else np.nan for r in got])
-        std = np.array([r["std"] if r else np.nan for r in got])
-        n = max((len(r["values"]) for r in got if r), default=0)
-        label = f"{name} ({n} seeds)" if n > 1 else name
+        pos, mean, std, n = (np.array(v) for v in zip(*sorted(points), strict=True))
+        ticks.update(pos.tolist())
+        label = f"{name} ({n.max()} seeds)" if n.max() > 1 else name
         ax.errorbar(pos, mean, yerr=std, color=color, marker="o", ms=4, lw=1.8, capsize=3,
                     label=label)  # fmt: skip
-        if n > 1:
+        if n.max() > 1:
             ax.fill_between(pos, mean - std, mean + std, color=color, alpha=0.2, lw=0)
-    if numeric and (pos > 0).all() and pos.max() / pos.min() >= 8:
-        ax.set_xscale("log", base=2 if all(float(v).is_integer() for v in xs) else 10)
-    ax.set_xticks(pos, summary["grid"][x])
+    pos = np.array(sorted(ticks))
+    if numeric and len(pos) and (pos > 0).all() and pos.max() / pos.min() >= 8:
+        ax.set_xscale("log", base=2 if all(v.is_integer() for v in pos) else 10)
+    if numeric:
+        ax.set_xticks(pos, [f"{v:g}" for v in pos])
+    else:
+        ax.set_xticks(range(len(xs)), summary["grid"][x])
     ax.minorticks_off()
     ax.set_xlabel(x)
     ax.set_ylabel("final val_bpb (lower is better)")
@@ -253,7 +265,9 @@ def plot_sweep(summary: dict, out: str | Path) -> Path:
     budget = ", ".join(f"{v} {k}" for k, v in summary["budget"].items()) or "the budget per cell"
     seeds = len(summary["seeds"])
     band = " (mean ± 1 sd over seeds)" if seeds > 1 else ""
+    failed = sum(r["status"] == "failed" for r in cells)
     skipped = f"; {summary['skipped']} cells skipped" if summary.get("skipped") else ""
+    skipped += f"; {failed} failed" if failed else ""
     ax.set_title(
         f"val_bpb against {x}: {budget}, {seeds} seed{'s' * (seeds > 1)}{band}{skipped}",
         fontsize=10,

@@ -412,7 +412,8 @@ def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> di
 
     rows, machine = [], None
     for cell in cells:
-        row: dict[str, Any] = {"cell": cell.values, "label": cell.label, "folder": cell.name}
+        row: dict[str, Any] = {"cell": cell.values, "texts": cell.texts, "label": cell.label}
+        row["folder"] = cell.name
         if cell.cfg is None:
             rows.append({**row, "status": "skipped", "reason": cell.reason, "seeds_done": 0})
             continue
@@ -469,7 +470,7 @@ def table(summary: dict[str, Any]):
     for col in out.columns[len(keys) :]:
         col.justify = "right"
     for row in summary["cells"]:
-        cell = [str(row["cell"][k]) for k in keys]
+        cell = [row["texts"][k] for k in keys]
         if row["status"] == "skipped":
             out.add_row(*cell, "", "[dim]skipped[/]", "", "", "", f"0/{n}")
             continue
