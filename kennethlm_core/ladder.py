@@ -14,8 +14,8 @@ A ladder folder::
     ladder.png          final val_bpb per step, and the trajectories
 
 Running the same ladder again reuses finished runs and resumes interrupted ones: the steps
-are trained by the runner of ``klm sweep`` (sweep.run_points, on the machinery of ``klm
-compare``: experiment.Job, run_state, run_jobs).
+are trained by the runner of ``klm sweep`` (experiment.run_points, on the machinery of ``klm
+compare``: Job, run_state, run_jobs).
 """
 
 from __future__ import annotations
@@ -146,12 +146,12 @@ def run_ladder(
     say: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Train (or reuse) every step on every seed; write summary.json and ladder.png. The runs
-    are trained by the runner of ``klm sweep`` (sweep.run_points): a run is reused or resumed
+    are trained by the runner of ``klm sweep`` (experiment.run_points): a run is reused or resumed
     when its configuration, code and data are what would run now (``allow_changes``: anyway;
     ``force``: trained again), and every run gets one precision. The folder is locked while
     it runs (runlock.py)."""
     from kennethlm_core import runlock
-    from kennethlm_core.sweep import prepare_points, run_points, with_resolved_mix
+    from kennethlm_core.experiment import prepare_points, run_points, with_resolved_mix
 
     cfgs = step_configs(shared, registry, recipe, steps)
     with runlock.hold(folder, "running this ladder"):
@@ -177,9 +177,8 @@ def run_ladder(
 def ladder_summary(shared, folder, cfgs, by_step, seeds, recipe, steps) -> dict[str, Any]:
     """Each step's numbers from its runs; written to summary.json and drawn in ladder.png."""
     from kennethlm_core.checkpoint import atomic_write_json
-    from kennethlm_core.experiment import mean_std
+    from kennethlm_core.experiment import mean_std, provenance_overrides
     from kennethlm_core.plots import plot_ladder
-    from kennethlm_core.sweep import provenance_overrides
 
     plan = [job for jobs in by_step.values() for job in jobs]
     rows, previous = [], None
