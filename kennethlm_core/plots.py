@@ -262,7 +262,7 @@ def plot_sweep(summary: dict, out: str | Path) -> Path:
     ax.set_ylabel("final val_bpb (lower is better)")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
-    budget = ", ".join(f"{v} {k}" for k, v in summary["budget"].items()) or "the budget per cell"
+    budget = summary["budget_text"]
     seeds = len(summary["seeds"])
     band = " (mean ± 1 sd over seeds)" if seeds > 1 else ""
     failed = sum(r["status"] == "failed" for r in cells)

@@ -296,7 +296,7 @@ def run_sweep(
 
 
 def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> dict[str, Any]:
-    from kennethlm_core.experiment import mean_std
+    from kennethlm_core.experiment import describe_budget, mean_std
     from kennethlm_core.provenance import git_commit
 
     rows, machine = [], None
@@ -340,6 +340,7 @@ def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> di
         "x": x,
         "shared_settings": {k: v for k, v in shared.items() if k not in BUDGET_KEYS},
         "budget": budget,
+        "budget_text": describe_budget(budget) if budget else "the budget of each cell",
         "seeds": list(seeds),
         "cells": rows,
         "skipped": sum(r["status"] == "skipped" for r in rows),
@@ -352,7 +353,7 @@ def table(summary: dict[str, Any]):
 
     keys = list(summary["grid"])
     n = len(summary["seeds"])
-    budget = ", ".join(f"{v} {k}" for k, v in summary["budget"].items()) or "budget per cell"
+    budget = summary["budget_text"]
     title = f"{summary['name']} · {budget} · {n} seed{'s' * (n > 1)} · {summary['machine']}"
     columns = [*keys, "vocab", "val_bpb", "bytes/token", "tok/s", "params", "seeds"]
     out = Table(*columns, title=title)
