@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -83,12 +82,12 @@ def parse_grid(items: list[str] | tuple[str, ...], registry: Any) -> list[Axis]:
             raise ConfigError(_not_a_setting(key, sorted(types)))
         if key in (a.key for a in axes):
             raise ConfigError(f"--grid gives {key} twice; give all its values in one --grid")
-        if len(set(texts)) < len(texts):
-            raise ConfigError(f"--grid {key} lists a value twice: {text.strip()}")
         try:
             values = [coerce(key, t, types[key]) for t in texts]
         except ConfigError as e:
             raise ConfigError(f"--grid {key}: {e}") from None
+        if len({json.dumps(v) for v in values}) < len(values):  # 1e-3 and 0.001 too
+            raise ConfigError(f"--grid {key} lists a value twice: {text.strip()}")
         axes.append(Axis(key, values, texts))
     return axes
 
@@ -257,7 +256,9 @@ def run_sweep(
     """Train (or reuse) every runnable cell on every seed, holding the folder's lock; write
     summary.json and sweep.png, and return the summary."""
     from kennethlm_core import runlock
+    from kennethlm_core.checkpoint import atomic_write_json
     from kennethlm_core.experiment import provenance_overrides, run_points
+    from kennethlm_core.plots import plot_sweep
 
     if not any(k in shared for k in BUDGET_KEYS) and not any(a.key in BUDGET_KEYS for a in axes):
         raise ConfigError("a sweep needs a budget: --steps, --tokens or --time")
@@ -287,9 +288,6 @@ def run_sweep(
         )
         summary = summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder)
         summary["provenance_overrides"] = provenance_overrides(plan)
-        from kennethlm_core.checkpoint import atomic_write_json
-        from kennethlm_core.plots import plot_sweep
-
         atomic_write_json(folder / "summary.json", summary)
         plot_sweep(summary, folder / "sweep.png")
     return summary
@@ -312,7 +310,7 @@ def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> di
         values = [r["val_bpb"] for r in runs]
         machine = machine or (runs[0]["device"] if runs else None)
         scored = cell.prepared.val.head(cell.cfg.final_eval_bytes)
-        mean, std = mean_std(values) if values else (math.nan, math.nan)
+        mean, std = mean_std(values) if values else (None, None)
         row.update(
             status="done" if len(done) == len(jobs) else ("partial" if done else "failed"),
             seeds_done=len(done),
@@ -354,7 +352,8 @@ def table(summary: dict[str, Any]):
     keys = list(summary["grid"])
     n = len(summary["seeds"])
     budget = summary["budget_text"]
-    title = f"{summary['name']} · {budget} · {n} seed{'s' * (n > 1)} · {summary['machine']}"
+    machine = summary["machine"] or "no run finished"
+    title = f"{summary['name']} · {budget} · {n} seed{'s' * (n > 1)} · {machine}"
     columns = [*keys, "vocab", "val_bpb", "bytes/token", "tok/s", "params", "seeds"]
     out = Table(*columns, title=title)
     for col in out.columns[len(keys) :]:
@@ -365,11 +364,13 @@ def table(summary: dict[str, Any]):
             out.add_row(*cell, "", "[dim]skipped[/]", "", "", "", f"0/{n}")
             continue
         values = row["values"]
-        bpb = f"{row['mean']:.4f}" + (f" ± {row['std']:.4f}" if len(values) > 1 else "")
+        bpb = "[red]failed[/]"
+        if values:
+            bpb = f"{row['mean']:.4f}" + (f" ± {row['std']:.4f}" if len(values) > 1 else "")
         out.add_row(
             *cell,
             f"{row['vocab_size']:,}",
-            bpb if values else "[red]failed[/]",
+            bpb,
             f"{row['bytes_per_token']:.3f}",
             f"{row['tokens_per_s']:,.0f}" if values else "",
             f"{row['params']:,}" if values else "",

@@ -159,8 +159,13 @@ def test_a_run_that_fails_is_a_result_of_the_sweep(tmp_path, klm, one_thread):
         "--set", "grad_clip=0", "--out", out,
     )  # fmt: skip
     assert code == 0, err
-    cells = json.loads((out / "summary.json").read_text())["cells"]
+
+    def strict(constant):
+        raise AssertionError(f"{constant} in summary.json")
+
+    cells = json.loads((out / "summary.json").read_text(), parse_constant=strict)["cells"]
     assert [c["status"] for c in cells] == ["done", "failed"]
+    assert cells[1]["mean"] is None and cells[1]["values"] == []
     assert "non-finite" in cells[1]["failures"]["1"] and cells[1]["seeds_done"] == 0
     assert "failed lr=1e12 seed 1: the training loss became non-finite" in stdout
     assert "0/1" in stdout and "1/1" in stdout
@@ -184,7 +189,7 @@ BAD = {
         ["--grid", "lr=1e-3", "--grid", "lr=3e-3"],
         ["--grid gives lr twice; give all its values in one --grid"],
     ),
-    "a value twice": (["--grid", "lr=1e-3,1e-3"], ["--grid lr lists a value twice"]),
+    "a value twice": (["--grid", "lr=1e-3,0.001"], ["--grid lr lists a value twice"]),
     "the seed": (["--grid", "seed=1,2"], ["the seeds are the sweep's own; give --seeds N"]),
     "set twice": (
         ["--grid", "lr=1e-3,3e-3", "--lr", "1e-3"],
