@@ -1105,6 +1105,13 @@ def _print_ladder(s: dict[str, Any]) -> None:
     help="A setting and its values (split at ';' instead when a value has commas); "
     "repeatable: the sweep trains every combination.",
 )
+@click.option(
+    "--bytes",
+    "text_bytes",
+    metavar="N",
+    help="Budget: training text in UTF-8 bytes (500k, 20M), the same for every cell: each "
+    "trains on the tokens that hold that much text, by its tokenizer and mix.",
+)
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per cell.")
 @click.option("--x", "x_key", metavar="KEY", help="The grid key the plot draws along.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel.")
@@ -1125,7 +1132,7 @@ def _print_ladder(s: dict[str, Any]) -> None:
 )
 @click.option("-q", "--quiet", is_flag=True, help="Only the result table.")
 @click.pass_context
-def sweep(ctx, grid, seeds, x_key, jobs, out, force, allow_changes, quiet, **params):
+def sweep(ctx, grid, text_bytes, seeds, x_key, jobs, out, force, allow_changes, quiet, **params):
     """Train a grid of settings on seeds: val_bpb per cell, a table and a plot.
 
     \b
@@ -1133,16 +1140,16 @@ def sweep(ctx, grid, seeds, x_key, jobs, out, force, allow_changes, quiet, **par
     klm sweep --recipe record --grid lr=1e-3,3e-3,1e-2 --time 5m --jobs 2
     klm sweep --grid mix=temperature=0,temperature=0.5,temperature=1 --corpus PATH
 
-    Every cell trains on the same seeds and budget (default --steps {steps}); any klm run flag
-    given here applies to every cell. A cell that cannot run (the byte tokenizer with a
-    vocabulary size, a setting the configuration refuses, the same run as another cell) is
-    skipped with its reason. Running the same sweep again reuses finished runs and resumes
-    interrupted ones. Prints mean ± std of val_bpb per cell and saves summary.json and
-    sweep.png (val_bpb against the --x key, default the last numeric grid key; one line per
-    value of the other keys).
+    Every cell trains on the same seeds and budget (default --steps {steps}; --bytes N: the
+    same text for every cell, whatever its tokenizer); any klm run flag given here applies to
+    every cell. A cell that cannot run (the byte tokenizer with a vocabulary size, a setting
+    the configuration refuses, the same run as another cell) is skipped with its reason.
+    Running the same sweep again reuses finished runs and resumes interrupted ones. Prints
+    mean ± std of val_bpb per cell and saves summary.json and sweep.png (val_bpb against the
+    --x key, default the last numeric grid key; one line per value of the other keys).
     """
     from kennethlm_core import sweep as sweep_mod
-    from kennethlm_core.config import BUDGET_KEYS
+    from kennethlm_core.config import BUDGET_KEYS, parse_count
 
     registry = _registry(ctx)
     recipe, shared = overrides_from(params)
@@ -1155,16 +1162,22 @@ def sweep(ctx, grid, seeds, x_key, jobs, out, force, allow_changes, quiet, **par
     twice = [a.key for a in axes if a.key in shared]
     if twice:
         raise KLMError(f"{twice[0]} is set by --grid and by a flag or --set; give it once")
-    budget_axes = [a.key for a in axes if a.key in BUDGET_KEYS]
-    if budget_axes and any(k in shared for k in BUDGET_KEYS):
-        raise KLMError(
-            f"the grid sweeps the budget ({budget_axes[0]}); drop --steps/--tokens/--time"
-        )
-    if not budget_axes and not any(k in shared for k in BUDGET_KEYS):
+    text_bytes = parse_count(text_bytes) if text_bytes is not None else None
+    if text_bytes is not None and text_bytes < 1:
+        raise KLMError(f"--bytes must be at least 1, got {text_bytes}")
+    text_bytes = text_bytes or 0
+    budgets = [a.key for a in axes if a.key in BUDGET_KEYS] + [
+        k for k in BUDGET_KEYS if k in shared
+    ]
+    budgets += ["bytes"] * (text_bytes != 0)
+    if len(budgets) > 1:
+        raise KLMError(f"give one budget, in the grid or as a flag; got {' and '.join(budgets)}")
+    if not budgets:
         shared["steps"] = STANDARD_STEPS
     x_key = sweep_mod.x_axis(axes, x_key)
-    sweep_mod.grid_cells(axes, shared, registry, recipe)  # refused cells fail here, quietly
-    folder = out or sweep_mod.default_folder(axes, shared)
+    checked = {**shared, "tokens": text_bytes} if text_bytes else shared
+    sweep_mod.grid_cells(axes, checked, registry, recipe)  # refused cells fail here, quietly
+    folder = out or sweep_mod.default_folder(axes, shared, text_bytes)
     if folder.exists() and not folder.is_dir():
         raise KLMError(f"{folder} is a file; give --out a folder for the sweep")
     console = _console(stderr=True)
@@ -1183,6 +1196,7 @@ def sweep(ctx, grid, seeds, x_key, jobs, out, force, allow_changes, quiet, **par
         allow_changes=allow_changes,
         disabled=_disabled(ctx),
         say=say,
+        text_bytes=text_bytes,
     )
     console = _console()
     if not console.is_terminal:  # a log file or a pipe: no wrapping at 80 columns

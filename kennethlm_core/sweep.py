@@ -153,11 +153,14 @@ def grid_cells(
     return cells
 
 
-def prepare_cells(cells: list[Cell], registry: Any, say: Callable[[str], None]) -> None:
+def prepare_cells(
+    cells: list[Cell], registry: Any, say: Callable[[str], None], text_bytes: int = 0
+) -> None:
     """Prepare the data of every runnable cell, then skip those the data refuses: a mix the
     corpus cannot give, or a cell that trains the same thing as one before it (a tokenizer
     whose vocabulary stops short of the size asked). A mix is written as the weights a run
-    records (with_resolved_mix)."""
+    records (with_resolved_mix). With ``text_bytes`` each cell's budget becomes the tokens
+    that hold that much training text (tokens_for_bytes)."""
     from kennethlm_core.experiment import prepare_points, with_resolved_mix
 
     runnable = [c for c in cells if c.cfg is not None]
@@ -169,6 +172,9 @@ def prepare_cells(cells: list[Cell], registry: Any, say: Callable[[str], None]) 
             cell.cfg = with_resolved_mix(cell.cfg, data)
         except KLMError as e:
             cell.cfg, cell.reason = None, " ".join(str(e).split())
+            continue
+        if text_bytes:
+            cell.cfg = cell.cfg.replace(tokens=tokens_for_bytes(text_bytes, cell.cfg, data))
     _skip_duplicates(cells)
     _all_refused(cells)
 
@@ -200,6 +206,22 @@ def _skip_duplicates(cells: list[Cell]) -> None:
             seen[key] = cell
 
 
+def tokens_for_bytes(text_bytes: int, cfg: RunConfig, data: Any) -> int:
+    """The training tokens that hold ``text_bytes`` bytes of text on average: windows come
+    from domain d with the mix's weight w_d and carry bytes_d / tokens_d bytes a token there
+    (document tokens counted as the windows count them), so a token is worth sum w_d bytes_d
+    / tokens_d bytes."""
+    import numpy as np
+
+    from kennethlm_core.data import BYTES, DOMAIN, mix_weights
+
+    split = data.train
+    nbytes = np.bincount(split.rows[:, DOMAIN], split.rows[:, BYTES], len(split.domains))
+    weights = np.array(list(mix_weights(cfg.mix, split, cfg.block_size).values()))
+    per_token = float((weights * nbytes / np.maximum(1, split.domain_tokens())).sum())
+    return max(1, round(text_bytes / per_token))
+
+
 def bytes_per_token(split: Any) -> float:
     """UTF-8 bytes per token of the chunks of a tokenized split (a document's first chunk
     holds its document token, which stands for no text: not counted)."""
@@ -225,12 +247,13 @@ def x_axis(axes: list[Axis], x: str | None = None) -> str:
     return (numeric or keys)[-1]
 
 
-def default_folder(axes: list[Axis], shared: dict[str, Any], root: Path = Path("experiments")):
+def default_folder(
+    axes: list[Axis], shared: dict[str, Any], text_bytes: int = 0, root: Path = Path("experiments")
+) -> Path:
     """experiments/sweep-<keys>-<budget>[-<shared settings>], named like klm compare's."""
-    from kennethlm_core.experiment import describe_budget, folder_name
+    from kennethlm_core.experiment import folder_name
 
-    budget = {k: v for k, v in shared.items() if k in BUDGET_KEYS}
-    parts = ["sweep", *(a.key for a in axes), describe_budget(budget)]
+    parts = ["sweep", *(a.key for a in axes), budget_text(shared, text_bytes)]
     parts += [f"{k} {v}" for k, v in sorted(shared.items()) if k not in BUDGET_KEYS]
     return root / folder_name(parts)
 
@@ -252,22 +275,29 @@ def run_sweep(
     allow_changes: bool = False,
     disabled: list[str] | None = None,
     say: Callable[[str], None] = lambda msg: None,
+    text_bytes: int = 0,
 ) -> dict[str, Any]:
     """Train (or reuse) every runnable cell on every seed, holding the folder's lock; write
-    summary.json and sweep.png, and return the summary."""
+    summary.json and sweep.png, and return the summary. ``text_bytes``: the budget is that
+    much training text, in each cell's tokens (tokens_for_bytes)."""
     from kennethlm_core import runlock
     from kennethlm_core.checkpoint import atomic_write_json
     from kennethlm_core.experiment import provenance_overrides, run_points
     from kennethlm_core.plots import plot_sweep
 
-    if not any(k in shared for k in BUDGET_KEYS) and not any(a.key in BUDGET_KEYS for a in axes):
-        raise ConfigError("a sweep needs a budget: --steps, --tokens or --time")
+    budgets = [k for k in BUDGET_KEYS if k in shared] + [
+        a.key for a in axes if a.key in BUDGET_KEYS
+    ]
+    if len(budgets) + bool(text_bytes) != 1:
+        raise ConfigError("a sweep needs one budget: --steps, --tokens, --time or --bytes")
     x = x_axis(axes, x)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} is a file; give --out a folder for the sweep")
     with runlock.hold(folder, "running this sweep"):
-        cells = grid_cells(axes, shared, registry, recipe)
-        prepare_cells(cells, registry, say)
+        cells = grid_cells(
+            axes, {**shared, "tokens": text_bytes} if text_bytes else shared, registry, recipe
+        )
+        prepare_cells(cells, registry, say, text_bytes)
         for cell in cells:
             if cell.cfg is None:
                 say(f"skipped {cell.label}: {cell.reason}")
@@ -287,6 +317,9 @@ def run_sweep(
             vocab_size=next(c for c in cells if c.cfg is not None).prepared.tokenizer.vocab_size,
         )
         summary = summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder)
+        if text_bytes:
+            summary["budget"] = {"bytes": text_bytes}
+        summary["budget_text"] = budget_text(shared, text_bytes)
         summary["provenance_overrides"] = provenance_overrides(plan)
         atomic_write_json(folder / "summary.json", summary)
         plot_sweep(summary, folder / "sweep.png")
@@ -294,7 +327,7 @@ def run_sweep(
 
 
 def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> dict[str, Any]:
-    from kennethlm_core.experiment import describe_budget, mean_std
+    from kennethlm_core.experiment import mean_std
     from kennethlm_core.provenance import git_commit
 
     rows, machine = [], None
@@ -338,11 +371,20 @@ def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> di
         "x": x,
         "shared_settings": {k: v for k, v in shared.items() if k not in BUDGET_KEYS},
         "budget": budget,
-        "budget_text": describe_budget(budget) if budget else "the budget of each cell",
         "seeds": list(seeds),
         "cells": rows,
         "skipped": sum(r["status"] == "skipped" for r in rows),
     }
+
+
+def budget_text(shared: dict[str, Any], text_bytes: int = 0) -> str:
+    """The budget in words, as klm compare names it, or the bytes of text."""
+    from kennethlm_core.experiment import describe_budget
+
+    budget = {k: v for k, v in shared.items() if k in BUDGET_KEYS}
+    if text_bytes:
+        return f"{text_bytes:,} bytes of text"
+    return describe_budget(budget) if budget else "the budget of each cell"
 
 
 def table(summary: dict[str, Any]):
@@ -354,14 +396,14 @@ def table(summary: dict[str, Any]):
     budget = summary["budget_text"]
     machine = summary["machine"] or "no run finished"
     title = f"{summary['name']} · {budget} · {n} seed{'s' * (n > 1)} · {machine}"
-    columns = [*keys, "vocab", "val_bpb", "bytes/token", "tok/s", "params", "seeds"]
+    columns = [*keys, "vocab", "val_bpb", "bytes/token", "tokens", "tok/s", "params", "seeds"]
     out = Table(*columns, title=title)
     for col in out.columns[len(keys) :]:
         col.justify = "right"
     for row in summary["cells"]:
         cell = [row["texts"][k] for k in keys]
         if row["status"] == "skipped":
-            out.add_row(*cell, "", "[dim]skipped[/]", "", "", "", f"0/{n}")
+            out.add_row(*cell, "", "[dim]skipped[/]", "", "", "", "", f"0/{n}")
             continue
         values = row["values"]
         bpb = "[red]failed[/]"
@@ -372,6 +414,7 @@ def table(summary: dict[str, Any]):
             f"{row['vocab_size']:,}",
             bpb,
             f"{row['bytes_per_token']:.3f}",
+            f"{row['tokens_seen']:,}" if values else "",
             f"{row['tokens_per_s']:,.0f}" if values else "",
             f"{row['params']:,}" if values else "",
             f"{row['seeds_done']}/{n}",

@@ -172,6 +172,28 @@ def test_a_run_that_fails_is_a_result_of_the_sweep(tmp_path, klm, one_thread):
     assert (out / "sweep.png").exists()
 
 
+def test_a_bytes_budget_gives_every_tokenizer_the_same_text(tmp_path, klm, registry, one_thread):
+    out = tmp_path / "bytes"
+    at = TINY_ARGS.index("--steps")
+    args = [*TINY_ARGS[:at], *TINY_ARGS[at + 2 :], "--n-embd", "16"]
+    code, stdout, err = klm(
+        "sweep", *args, "--grid", "tokenizer=byte,bpe", "--bytes", "2k", "--seeds", "1",
+        "--set", "eval_every=100", "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["budget"] == {"bytes": 2000} and "2,000 bytes of text" in stdout
+    for cell in summary["cells"]:
+        config = json.loads((out / cell["folder"] / "seed-1" / "config.json").read_text())
+        data = prepare_data(tiny_config(registry, tokenizer=cell["cell"]["tokenizer"]), registry)
+        # the natural mix: a token is worth the training split's bytes / tokens on average
+        train_bytes, train_tokens = data.train.n_bytes, len(data.train.tokens)
+        assert config["tokens"] == round(2000 * train_tokens / train_bytes)
+        assert config["steps"] == 0 and cell["tokens_seen"] >= config["tokens"]
+    byte, bpe = summary["cells"]
+    assert byte["tokens_seen"] > 2 * bpe["tokens_seen"]  # bpe's tokens hold over 2 bytes
+
+
 BAD = {
     "no grid": (["--steps", "2"], ["a sweep needs a grid: give --grid KEY=V1,V2"]),
     "not a setting": (
@@ -197,7 +219,7 @@ BAD = {
     ),
     "two budgets": (
         ["--grid", "steps=2,4", "--time", "1m"],
-        ["the grid sweeps the budget (steps); drop --steps/--tokens/--time"],
+        ["give one budget, in the grid or as a flag; got steps and time"],
     ),
     "every cell refused": (
         ["--grid", "tokenizer=byte", "--grid", "vocab_size=300,400"],
@@ -214,6 +236,11 @@ BAD = {
         ["--grid", "lr=1e-3,3e-3", "--x", "n_embd"],
         ["--x n_embd is not a grid key"],
     ),
+    "bytes and steps": (
+        ["--grid", "lr=1e-3", "--bytes", "2k", "--steps", "3"],
+        ["give one budget, in the grid or as a flag; got steps and bytes"],
+    ),
+    "no bytes": (["--grid", "lr=1e-3", "--bytes", "0"], ["--bytes must be at least 1, got 0"]),
     "no seeds": (["--grid", "lr=1e-3", "--seeds", "0"], ["--seeds must be at least 1"]),
 }
 
