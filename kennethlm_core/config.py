@@ -39,7 +39,10 @@ class RunConfig:
     tokenizer: str = "char"
     vocab_size: int = 0  # 0: the tokenizer's own default
     corpus: str = "sample"  # a registered corpus name, or a path (file, folder, glob)
-    mix: str = ""  # domain weights for training batches, "books=0.5,speech=0.5"; "" = natural
+    # domain weights for training batches: "books=0.5,speech=0.5" (domains left out get none),
+    # "temperature=0.5" (weights proportional to each natural share to the power 0.5: 1 is
+    # natural, 0 uniform), or "" (natural: each domain's share of the training tokens)
+    mix: str = ""
     tweak: str = ""  # model tweaks applied after the model is built, in order: "qk-norm,softcap"
     callback: str = ""  # training-loop callbacks, in order: "ema"
     # model shape
@@ -226,6 +229,26 @@ def parse_mix(text: str) -> dict[str, float]:
     if out and not any(out.values()):
         raise ConfigError("--mix gives every domain weight 0; give one a positive weight")
     return out
+
+
+def mix_temperature(text: str) -> float | None:
+    """'temperature=0.5' -> 0.5, the exponent alpha of a tempered mix: each domain's weight is
+    proportional to its natural share of the training tokens to the power alpha (1: the natural
+    mix, 0: every domain alike, between: small domains drawn more often than their share).
+    None when ``text`` is not of that form (domain weights, or "" for the natural mix)."""
+    name, sep, value = text.partition("=")
+    if name.strip() != "temperature" or not sep:
+        return None
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = math.nan
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ConfigError(
+            f"--mix temperature=ALPHA takes one number >= 0 and nothing else (1: the natural "
+            f"mix, 0: uniform, 0.5: between), got {text.strip()!r}"
+        )
+    return alpha
 
 
 # -- recipes -----------------------------------------------------------------------------
@@ -442,7 +465,8 @@ def check_values(cfg: RunConfig) -> None:
     )
     need(cfg.eval_every >= 1, f"eval_every must be at least 1, got {cfg.eval_every}")
     need(cfg.eval_bytes >= 1 and cfg.final_eval_bytes >= 1, "eval_bytes must be positive")
-    parse_mix(cfg.mix)  # its syntax; its domain names are checked against the corpus
+    if mix_temperature(cfg.mix) is None:  # a temperature is checked by mix_temperature
+        parse_mix(cfg.mix)  # its syntax; its domain names are checked against the corpus
     need(0 < cfg.val_fraction < 1, f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     need(
         0 < cfg.test_fraction and cfg.val_fraction + cfg.test_fraction < 1,

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from kennethlm_core.components import Corpus, Document, Tokenizer
-from kennethlm_core.config import RunConfig, corpus_component, parse_mix
+from kennethlm_core.config import RunConfig, corpus_component, mix_temperature, parse_mix
 from kennethlm_core.errors import DataError
 
 CHUNK_CHARS = 8192
@@ -665,13 +665,20 @@ def domain_stats(data: PreparedData) -> dict[str, dict[str, float]]:
 def mix_weights(mix: str, split: TokenSplit, block_size: int) -> dict[str, float]:
     """The weight of every domain in the training batches, normalised.
 
-    ``mix`` is "books=0.5,speech=0.3,wiki=0.2" (domains left out get 0) or "" for each
-    domain's share of the training tokens. Weights already summing to 1 (within 1e-4) are kept
-    as given, so that the recorded mix reproduces itself exactly.
+    ``mix`` is "books=0.5,speech=0.3,wiki=0.2" (domains left out get 0), "temperature=A"
+    (each domain's share of the training tokens to the power A, renormalised: 1 natural, 0
+    uniform) or "" for each domain's share of the training tokens. Only domains with room for
+    a window get weight. Weights given that already sum to 1 (within 1e-4) are kept as they
+    are, others rounded as format_mix records them, so that the recorded mix reproduces itself
+    exactly. Validation never depends on the mix: every domain is scored, whatever its weight.
     """
     available = split.domain_tokens()
     usable = available > block_size  # room for at least one window of block_size + 1 tokens
-    if mix:
+    alpha = mix_temperature(mix)
+    if alpha is not None:
+        share = np.where(usable, available, 0) / max(1, available[usable].sum())
+        weights = np.where(usable, share**alpha, 0.0)
+    elif mix:
         asked = parse_mix(mix)
         unknown = [d for d in asked if d not in split.domains]
         if unknown:
@@ -693,7 +700,7 @@ def mix_weights(mix: str, split: TokenSplit, block_size: int) -> dict[str, float
             f"the training split has {len(split.tokens)} tokens, too few for one window of "
             f"block_size {block_size} in any domain; use a bigger corpus or a smaller --block-size"
         )
-    if abs(weights.sum() - 1) > 1e-4:
+    if abs(weights.sum() - 1) > 1e-4 or alpha is not None:  # computed: as config.json has them
         weights = np.array([float(f"{w:.6g}") for w in weights / weights.sum()])
     return dict(zip(split.domains, weights.tolist(), strict=True))
 

@@ -25,6 +25,9 @@ code and data (provenance.json, see provenance.py) are what the comparison would
 run whose code or data changed is refused, unless ``allow_changes`` (recorded in summary.json
 under ``provenance_overrides``, and for a resumed run in its provenance.json) or ``force``
 (trained again).
+
+``run_points`` trains named configurations on seeds the same way, each in
+``<folder>/<name>/seed-<s>``: the runner of ``klm sweep`` (sweep.py) and ``klm ladder``.
 """
 
 from __future__ import annotations
@@ -425,16 +428,37 @@ def run_jobs(
     disabled: list[str],
     logs: Path,
     say: Callable[[str], None],
+    failed: dict[str, str] | None = None,
 ) -> None:
-    """Train the jobs that are not done: in this process, or in up to n_jobs subprocesses."""
+    """Train the jobs that are not done: in this process, or in up to n_jobs subprocesses.
+
+    A run that fails stops them all, unless ``failed`` is given: then its one-line reason is
+    kept there under the run folder's path and the other runs go on (a sweep, where a
+    diverging cell is a result). Ctrl-C and SIGTERM always stop everything."""
+    from kennethlm_core.train import Interrupted
+
     todo = [j for j in jobs if j.mode != "done"]
     for job in jobs:
         if job.mode == "done":
             say(f"{job.label}: finished before, reused")
+
+    def failure(job: Job, message: str) -> None:
+        failed[str(job.out)] = message
+        say(f"{job.label}: failed: {message}")
+
     if n_jobs <= 1:
         for job in todo:
             say(f"{job.label}: {_starting(job)}")
-            say(_finished(job, execute(job, registry)))
+            try:
+                summary = execute(job, registry)
+            except Interrupted:
+                raise
+            except KLMError as e:
+                if failed is None:
+                    raise
+                failure(job, " ".join(str(e).split()))
+                continue
+            say(_finished(job, summary))
         return
 
     logs.mkdir(parents=True, exist_ok=True)
@@ -460,9 +484,14 @@ def run_jobs(
                 if proc.poll() is None:
                     continue
                 running.remove(item)
+                if proc.returncode == 130 and failed is not None:  # stopped, not failed
+                    raise Interrupted(f"{job.label} was stopped")
                 if proc.returncode != 0:
                     lines = log.read_text(encoding="utf-8").strip().splitlines() or ["no output"]
-                    raise KLMError(f"{job.label} failed: {lines[-1]} (see {log})")
+                    if failed is None:
+                        raise KLMError(f"{job.label} failed: {lines[-1]} (see {log})")
+                    failure(job, f"{lines[-1].removeprefix('klm: error: ')} (see {log})")
+                    continue
                 say(_finished(job, json.loads((job.out / "summary.json").read_text())))
 
 
@@ -531,6 +560,117 @@ def _worker(argv: list[str]) -> int:
         return 2
     print(f"val_bpb {summary['val_bpb']:.4f}")
     return 0
+
+
+# -- named configurations on seeds: the runner of klm sweep and klm ladder -----------------
+
+
+def prepare_points(cfgs: list[RunConfig], registry: Any, say: Callable[[str], None]) -> list:
+    """The prepared data (data.PreparedData) of every configuration, each corpus and
+    tokenizer prepared once, before any run starts (parallel runs then only read the cache)."""
+    from kennethlm_core.data import prepare_data
+
+    prepared: dict[tuple, Any] = {}
+    out = []
+    for cfg in cfgs:
+        key = (cfg.corpus, cfg.tokenizer, cfg.vocab_size, cfg.tokenizer_train_bytes)
+        key += (cfg.val_fraction, cfg.test_fraction)
+        if key not in prepared:
+            prepared[key] = prepare_data(cfg, registry, log=say)
+        out.append(prepared[key])
+    return out
+
+
+def with_resolved_mix(cfg: RunConfig, prepared: Any) -> RunConfig:
+    """The configuration with its mix written as the weights a run records in config.json
+    (a temperature or unnormalised weights would not match the saved run when reused)."""
+    from kennethlm_core.data import format_mix, mix_weights
+
+    if not cfg.mix:
+        return cfg
+    return cfg.replace(mix=format_mix(mix_weights(cfg.mix, prepared.train, cfg.block_size)))
+
+
+def run_points(
+    points: list[tuple[str, RunConfig]],
+    folder: Path,
+    *,
+    seeds: list[int],
+    registry: Any,
+    jobs: int = 1,
+    force: bool = False,
+    allow_changes: bool = False,
+    disabled: list[str] | None = None,
+    say: Callable[[str], None] = lambda msg: None,
+    again: str,
+    keep_going: bool = False,
+    vocab_size: int,
+    probe: RunConfig | None = None,
+) -> tuple[dict[str, list[Any]], dict[str, str]]:
+    """Train (or reuse, or resume) every point on every seed, in ``folder/<name>/seed-<s>``.
+
+    A finished run is reused and an interrupted one resumed when its configuration, code and
+    data are what would run now (experiment.run_state); ``allow_changes`` uses them anyway,
+    ``force`` trains them again. Every ``--dtype auto`` run gets the precision one probe chose
+    on ``probe`` (default: the first point; its tokenizer has ``vocab_size`` tokens). With
+    ``keep_going`` a run that fails is recorded and the others go on. Returns ({name: [Job per
+    seed]}, {run folder: why it failed}).
+    """
+    from kennethlm_core import precision
+    from kennethlm_core.provenance import planned_provenance, sentence
+    from kennethlm_core.train import Interrupted
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // jobs) if jobs > 1 else 0
+    plan: dict[str, list[Job]] = {}
+    for name, cfg in points:
+        current = None
+        for seed in seeds:
+            run_cfg = cfg.replace(seed=seed, **({"threads": threads} if threads else {}))
+            job = Job(name, seed, run_cfg, folder / name / f"seed-{seed}")
+            job.allow_changes = allow_changes
+            if current is None and (job.out / "config.json").exists():
+                current = planned_provenance(run_cfg, registry)
+            job.mode = run_state(job, None, force, current=current, allow_changes=allow_changes)
+            plan.setdefault(name, []).append(job)
+    todo = [j for js in plan.values() for j in js]
+    for job in (j for j in todo if j.changes):
+        say(f"{job.label}: {sentence(job.changes)}; used anyway (--allow-changes)")
+    failed: dict[str, str] = {}
+    decided: Any = contextlib.nullcontext()
+    if any(j.mode != "done" for j in todo):
+        decided = precision.one_answer(probe or points[0][1], registry, vocab_size, log=say)
+    try:
+        with decided:
+            run_jobs(
+                todo,
+                jobs,
+                registry,
+                disabled=disabled or [],
+                logs=folder / "logs",
+                say=say,
+                failed=failed if keep_going else None,
+            )
+    except (Interrupted, KeyboardInterrupt):
+        raise Interrupted(
+            f"finished runs are kept and unfinished ones checkpointed; run the same {again} "
+            "again to continue"
+        ) from None
+    return plan, failed
+
+
+def provenance_overrides(plan: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Runs reused or resumed although their code or data changed (--allow-changes)."""
+    return [
+        {
+            "run": str(j.out),
+            "use": "reused" if j.mode == "done" else "resumed",
+            "changed": j.changes,
+        }
+        for jobs in plan.values()
+        for j in jobs
+        if j.changes
+    ]
 
 
 # -- the decision metric ---------------------------------------------------------------------

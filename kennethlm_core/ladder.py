@@ -13,14 +13,14 @@ A ladder folder::
     summary.json        per step: the change, the settings, val_bpb per seed, mean, std, params
     ladder.png          final val_bpb per step, and the trajectories
 
-Running the same ladder again reuses finished runs and resumes interrupted ones (the
-machinery of ``klm compare``: experiment.Job, run_state, run_jobs).
+Running the same ladder again reuses finished runs and resumes interrupted ones: the steps
+are trained by the runner of ``klm sweep`` (experiment.run_points, on the machinery of ``klm
+compare``: Job, run_state, run_jobs).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -125,37 +125,46 @@ def run_ladder(
     steps: tuple[Step, ...] = LADDER,
     jobs: int = 1,
     force: bool = False,
+    allow_changes: bool = False,
     disabled: list[str] | None = None,
     say: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
-    """Train (or reuse) every step on every seed; write summary.json and ladder.png."""
-    from kennethlm_core.checkpoint import atomic_write_json
-    from kennethlm_core.data import prepare_data
-    from kennethlm_core.errors import Interrupted
-    from kennethlm_core.experiment import Job, mean_std, run_jobs, run_state
-    from kennethlm_core.plots import plot_ladder
+    """Train (or reuse) every step on every seed; write summary.json and ladder.png. The runs
+    are trained by the runner of ``klm sweep`` (experiment.run_points): a run is reused or resumed
+    when its configuration, code and data are what would run now (``allow_changes``: anyway;
+    ``force``: trained again), and every run gets one precision. The folder is locked while
+    it runs (runlock.py)."""
+    from kennethlm_core import runlock
+    from kennethlm_core.experiment import prepare_points, run_points, with_resolved_mix
 
     cfgs = step_configs(shared, registry, recipe, steps)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // jobs) if jobs > 1 else 0
-    plan = []
-    for step, cfg in zip(steps, cfgs, strict=True):
-        for seed in seeds:
-            run_cfg = cfg.replace(seed=seed, **({"threads": threads} if threads else {}))
-            job = Job(step.name, seed, run_cfg, folder / step.name / f"seed-{seed}")
-            job.mode = run_state(job, None, force)
-            plan.append(job)
-    if any(j.mode != "done" for j in plan):
-        for cfg in {(c.corpus, c.tokenizer, c.vocab_size): c for c in cfgs}.values():
-            prepare_data(cfg, registry, log=say)  # once, before parallel runs need it
-    try:
-        run_jobs(plan, jobs, registry, disabled=disabled or [], logs=folder / "logs", say=say)
-    except (Interrupted, KeyboardInterrupt):
-        raise Interrupted(
-            "finished runs are kept and unfinished ones checkpointed; run the same "
-            "klm ladder again to continue"
-        ) from None
+    with runlock.hold(folder, "running this ladder"):
+        prepared = prepare_points(cfgs, registry, say)  # once, before parallel runs need it
+        cfgs = [with_resolved_mix(cfg, data) for cfg, data in zip(cfgs, prepared, strict=True)]
+        by_step, _ = run_points(
+            [(step.name, cfg) for step, cfg in zip(steps, cfgs, strict=True)],
+            folder,
+            seeds=seeds,
+            registry=registry,
+            jobs=jobs,
+            force=force,
+            allow_changes=allow_changes,
+            disabled=disabled,
+            say=say,
+            again="klm ladder",
+            vocab_size=prepared[-1].tokenizer.vocab_size,
+            probe=cfgs[-1],  # the precision of the GPT the ladder arrives at
+        )
+        return ladder_summary(shared, folder, cfgs, by_step, seeds, recipe, steps)
 
+
+def ladder_summary(shared, folder, cfgs, by_step, seeds, recipe, steps) -> dict[str, Any]:
+    """Each step's numbers from its runs; written to summary.json and drawn in ladder.png."""
+    from kennethlm_core.checkpoint import atomic_write_json
+    from kennethlm_core.experiment import mean_std, provenance_overrides
+    from kennethlm_core.plots import plot_ladder
+
+    plan = [job for jobs in by_step.values() for job in jobs]
     rows, previous = [], None
     for step, changes in zip(steps, step_overrides(steps), strict=True):
         runs = [j.out for j in plan if j.arm == step.name]
@@ -189,6 +198,7 @@ def run_ladder(
         "machine": first["device"],
         "git_commit": first["git_commit"],
         "steps": rows,
+        "provenance_overrides": provenance_overrides(by_step),
     }
     atomic_write_json(folder / "summary.json", summary)
     plot_ladder(summary, folder / "ladder.png")

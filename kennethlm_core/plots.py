@@ -174,10 +174,14 @@ def plot_ladder(summary: dict, out: str | Path) -> Path:
         steps = sorted(s for s in set.intersection(*(set(t) for t in tables)) if s > 0)
         if not steps:
             continue
-        vals = np.array([[t[s]["val_bpb"] for s in steps] for t in tables]).mean(axis=0)
+        seeds = np.array([[t[s]["val_bpb"] for s in steps] for t in tables])
+        vals = seeds.mean(axis=0)
         tokens = [tables[0][s]["tokens"] for s in steps]
         color = cmap(i / max(1, len(rows) - 1))
         right.plot(tokens, vals, color=color, lw=1.5, marker="o", ms=2.5, label=r["step"])
+        if len(tables) > 1:  # the band over seeds, as the left panel's bars
+            std = seeds.std(axis=0, ddof=1)
+            right.fill_between(tokens, vals - std, vals + std, color=color, alpha=0.15, lw=0)
         finals.append(vals)
     if finals:
         low = min(v.min() for v in finals)
@@ -194,6 +198,78 @@ def plot_ladder(summary: dict, out: str | Path) -> Path:
     band = " (mean ± 1 sd over seeds)" if seeds > 1 else ""
     fig.suptitle(
         f"Building GPT step by step: {budget}, {seeds} seed{'s' * (seeds > 1)} per step{band}",
+        fontsize=10,
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_sweep(summary: dict, out: str | Path) -> Path:
+    """A sweep (klm sweep): final val_bpb against the swept value ``summary["x"]``, one line
+    per series of the other grid keys, each point the mean over seeds with a band (and bar)
+    of ±1 sd. Skipped cells and cells without a finished seed leave a gap; a series with no
+    point at all is left out. Along vocab_size a point sits at the vocabulary the tokenizer
+    really has (char stops at the characters it saw)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x, cells = summary["x"], summary["cells"]
+    others = [k for k in summary["grid"] if k != x]
+    xs: list = []  # the swept values, typed, in grid order (cells come in grid order)
+    for row in cells:
+        if row["cell"][x] not in xs:
+            xs.append(row["cell"][x])
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs)
+
+    def position(row) -> float:
+        if x == "vocab_size" and row.get("vocab_size"):
+            return float(row["vocab_size"])
+        return float(row["cell"][x]) if numeric else float(xs.index(row["cell"][x]))
+
+    series: dict[str, list] = {}
+    for row in cells:
+        name = " ".join(f"{k}={row['texts'][k]}" for k in others) or "val_bpb"
+        series.setdefault(name, [])
+        if row.get("values"):
+            series[name].append((position(row), row["mean"], row["std"], len(row["values"])))
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
+    ticks: set[float] = set()
+    for i, (name, points) in enumerate(p for p in series.items() if p[1]):
+        color = COLORS[i % len(COLORS)]
+        pos, mean, std, n = (np.array(v) for v in zip(*sorted(points), strict=True))
+        ticks.update(pos.tolist())
+        label = f"{name} ({n.max()} seeds)" if n.max() > 1 else name
+        ax.errorbar(pos, mean, yerr=std, color=color, marker="o", ms=4, lw=1.8, capsize=3,
+                    label=label)  # fmt: skip
+        if n.max() > 1:
+            ax.fill_between(pos, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+    pos = np.array(sorted(ticks))
+    if numeric and len(pos) and (pos > 0).all() and pos.max() / pos.min() >= 8:
+        ax.set_xscale("log", base=2 if all(v.is_integer() for v in pos) else 10)
+    if numeric:
+        ax.set_xticks(pos, [f"{v:g}" for v in pos])
+    else:
+        ax.set_xticks(range(len(xs)), summary["grid"][x])
+    ax.minorticks_off()
+    ax.set_xlabel(x)
+    ax.set_ylabel("final val_bpb (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    budget = summary["budget_text"]
+    seeds = len(summary["seeds"])
+    band = " (mean ± 1 sd over seeds)" if seeds > 1 else ""
+    failed = sum(r["status"] == "failed" for r in cells)
+    skipped = f"; {summary['skipped']} cells skipped" if summary.get("skipped") else ""
+    skipped += f"; {failed} failed" if failed else ""
+    ax.set_title(
+        f"val_bpb against {x}: {budget}, {seeds} seed{'s' * (seeds > 1)}{band}{skipped}",
         fontsize=10,
     )
     out = Path(out)

@@ -127,6 +127,7 @@ NOT_COMPUTING = {
     "registry.py",
     "runlock.py",
     "scaffold.py",
+    "sweep.py",
     "testing.py",
 }
 

@@ -273,6 +273,30 @@ PLUGINS = {
     ),
 }
 
+CASES |= {  # klm sweep, and the tempered mix
+    "sweep grid key that is not a setting": (
+        nothing,
+        ["sweep", "--grid", "vocab=512,1024"],
+        ["'vocab' is not a setting of klm run", "did you mean 'vocab_size'?"],
+    ),
+    "sweep grid value of the wrong type": (
+        nothing,
+        ["sweep", "--grid", "lr=1e-3,fast"],
+        ["--grid lr: lr must be a number, got 'fast'"],
+    ),
+    "sweep without a grid": (nothing, ["sweep"], ["a sweep needs a grid: give --grid KEY=V1,V2"]),
+    "sweep whose every cell is refused": (
+        nothing,
+        ["sweep", "--grid", "tokenizer=byte", "--grid", "vocab_size=512,1024"],
+        ["every cell of the grid is refused", "drop --vocab-size 512"],
+    ),
+    "mix temperature below 0": (
+        nothing,
+        ["run", "--mix", "temperature=-1"],
+        ["--mix temperature=ALPHA takes one number >= 0"],
+    ),
+}
+
 CASES |= {
     "a plugin that fails to import": (
         nothing,

@@ -100,3 +100,24 @@ def test_a_step_with_an_unknown_setting_or_a_budget_is_refused():
         step_overrides((Step("wide", "wider", {"n_embed": 256}),))
     with pytest.raises(ConfigError, match="ladder step long: the budget and seed are shared"):
         step_overrides((Step("long", "longer", {}, only={"steps": 10}),))
+
+
+def test_two_steps_on_two_seeds_with_the_sweep_runner(tmp_path, registry, one_thread):
+    from kennethlm_core import runlock
+    from kennethlm_core.errors import ConfigError
+    from kennethlm_core.experiment import mean_std
+    from kennethlm_core.ladder import run_ladder
+
+    shared = {"block_size": 16, "batch_size": 2, "steps": 2, "eval_every": 2}
+    shared |= {"warmup_steps": 1, "eval_bytes": 512, "final_eval_bytes": 1024}
+    out, said = tmp_path / "two", []
+    summary = run_ladder(shared, out, registry=registry, seeds=[1, 2], steps=LADDER[:2])
+    for row in summary["steps"]:
+        assert len(row["values"]) == 2 and (row["mean"], row["std"]) == mean_std(row["values"])
+        assert row["std"] > 0  # two seeds, two different runs
+    assert (out / "ladder.png").stat().st_size > 10_000
+    run_ladder(shared, out, registry=registry, seeds=[1, 2], steps=LADDER[:2], say=said.append)
+    assert sum("finished before, reused" in line for line in said) == 4
+    with runlock.hold(out, "running this ladder"):  # another process at work in the folder
+        with pytest.raises(ConfigError, match="is in use: pid \\d+ is running this ladder"):
+            run_ladder(shared, out, registry=registry, seeds=[1], steps=LADDER[:2])
