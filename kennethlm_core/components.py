@@ -18,6 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from kennethlm_core.checkpoint import atomic_write_text
+from kennethlm_core.errors import CheckpointError, ConfigError
+
 
 class PositionalEmbedding(nn.Module):
     """How a GPT knows where each token is. The defaults do nothing (NoPE).
@@ -107,13 +110,9 @@ class Tokenizer:
         return hashlib.sha256(f"{self.name}\n{self.to_json()}".encode()).hexdigest()[:16]
 
     def save(self, directory: str | os.PathLike) -> None:
-        from kennethlm_core.checkpoint import atomic_write_text
-
         atomic_write_text(Path(directory) / "tokenizer.json", self.to_json())
 
     def load(self, directory: str | os.PathLike) -> None:
-        from kennethlm_core.errors import CheckpointError
-
         path = Path(directory) / "tokenizer.json"
         try:
             self.restore(path.read_text(encoding="utf-8"))
@@ -148,8 +147,6 @@ class HFTokenizer(Tokenizer):
     def __init__(self, vocab_size: int = 0):
         from tokenizers import Tokenizer as Library
         from tokenizers import decoders, pre_tokenizers
-
-        from kennethlm_core.errors import ConfigError
 
         if vocab_size and vocab_size <= 257:
             raise ConfigError(

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from kennethlm_core.errors import ConfigError
+from kennethlm_core.provenance import child_env
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,6 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     torchrun (which passes SIGINT/SIGTERM on to them), not a second time from the terminal.
     """
     import signal
-
-    from kennethlm_core.provenance import child_env
 
     env = child_env()  # the ranks run this process's code, whatever the working directory
     env.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))

@@ -40,7 +40,14 @@ from typing import Any
 
 import torch
 
+from kennethlm_core import logs, provenance
+from kennethlm_core.builtin.tokenizers import ByteTokenizer, CharTokenizer
+from kennethlm_core.components import HFTokenizer
+from kennethlm_core.config import load_recipe, recipe_names, selected_components
 from kennethlm_core.errors import CheckpointError, KLMError
+from kennethlm_core.evaluate import LoadedRun
+from kennethlm_core.hub_code.configuration_kennethlm import KennethLMConfig
+from kennethlm_core.hub_code.modeling_kennethlm import KennethLMForCausalLM
 from kennethlm_core.publish import MARKER, check_out, upload
 from kennethlm_core.publish import _replace as replace_folder
 
@@ -107,9 +114,6 @@ def export_run(
 ) -> ModelExport:
     """Write the run folder ``run`` as a Hugging Face model folder ``out`` (see the module)."""
     import transformers
-
-    from kennethlm_core import logs
-    from kennethlm_core.evaluate import LoadedRun
 
     logs.quiet("transformers")
     run, out = Path(run), Path(out)
@@ -220,9 +224,6 @@ def gpt2_model(lm: Any) -> Any:
 def distributions(run: Path, lm: Any) -> dict[str, str]:
     """The distributions whose code builds the run's network, with the versions the run used
     (provenance.json; for a run made before it existed, those installed now)."""
-    from kennethlm_core import provenance
-    from kennethlm_core.config import selected_components
-
     chosen = selected_components(lm.config, lm.registry)
     building = [c for key, c in chosen.items() if key in STOCK or key.startswith("tweak ")]
     recorded = ((provenance.load(run) or {}).get("code") or {}).get("plugins") or {}
@@ -237,9 +238,6 @@ def distributions(run: Path, lm: Any) -> dict[str, str]:
 
 def remote_model(lm: Any, run: Path) -> Any:
     """The run's model wrapped as KennethLMForCausalLM, whose code goes with it."""
-    from kennethlm_core.hub_code.configuration_kennethlm import KennethLMConfig
-    from kennethlm_core.hub_code.modeling_kennethlm import KennethLMForCausalLM
-
     doc = lm.tokenizer.doc_id
     head = getattr(lm.model, "lm_head", None)
     tied = head is not None and head.weight is getattr(lm.model, "wte", head).weight
@@ -275,9 +273,6 @@ def hf_tokenizer(tok: Any, block_size: int) -> Any:
     """klm's tokenizer as a PreTrainedTokenizerFast with the same ids."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
-
-    from kennethlm_core.builtin.tokenizers import ByteTokenizer, CharTokenizer
-    from kennethlm_core.components import HFTokenizer
 
     if isinstance(tok, HFTokenizer):
         lib = Tokenizer.from_str(tok.to_json())
@@ -340,8 +335,6 @@ def check_tokenizer(hf: Any, tok: Any) -> None:
 
 def recipe_of(cfg: Any) -> str | None:
     """The registry.toml recipe whose every setting the run has, if any."""
-    from kennethlm_core.config import load_recipe, recipe_names
-
     saved = cfg.to_dict()
     for name in recipe_names():
         recipe = load_recipe(name)

@@ -26,8 +26,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kennethlm_core import runlock
+from kennethlm_core.checkpoint import atomic_write_json
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, build_config, resolve
 from kennethlm_core.errors import ConfigError
+from kennethlm_core.experiment import (
+    describe_budget,
+    folder_name,
+    mean_std,
+    prepare_points,
+    provenance_overrides,
+    run_points,
+    with_resolved_mix,
+)
+from kennethlm_core.plots import plot_ladder
 
 
 @dataclass(frozen=True)
@@ -107,8 +119,6 @@ def step_configs(
 
 def default_folder(shared: dict[str, Any], root: Path = Path("experiments")) -> Path:
     """experiments/ladder-<budget>[-<shared settings>], named like klm compare's folders."""
-    from kennethlm_core.experiment import describe_budget, folder_name
-
     budget = {k: v for k, v in shared.items() if k in BUDGET_KEYS}
     parts = ["ladder", describe_budget(budget)]
     parts += [f"{k} {v}" for k, v in sorted(shared.items()) if k not in BUDGET_KEYS]
@@ -134,9 +144,6 @@ def run_ladder(
     when its configuration, code and data are what would run now (``allow_changes``: anyway;
     ``force``: trained again), and every run gets one precision. The folder is locked while
     it runs (runlock.py)."""
-    from kennethlm_core import runlock
-    from kennethlm_core.experiment import prepare_points, run_points, with_resolved_mix
-
     cfgs = step_configs(shared, registry, recipe, steps)
     with runlock.hold(folder, "running this ladder"):
         prepared = prepare_points(cfgs, registry, say)  # once, before parallel runs need it
@@ -160,10 +167,6 @@ def run_ladder(
 
 def ladder_summary(shared, folder, cfgs, by_step, seeds, recipe, steps) -> dict[str, Any]:
     """Each step's numbers from its runs; written to summary.json and drawn in ladder.png."""
-    from kennethlm_core.checkpoint import atomic_write_json
-    from kennethlm_core.experiment import mean_std, provenance_overrides
-    from kennethlm_core.plots import plot_ladder
-
     plan = [job for jobs in by_step.values() for job in jobs]
     rows, previous = [], None
     for step, changes in zip(steps, step_overrides(steps), strict=True):

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from kennethlm_core.errors import KLMError
+from kennethlm_core.rundir import read_metrics
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
@@ -71,8 +72,6 @@ def plot_groups(groups: dict[str, list[Path]], out: str | Path, title: str = "")
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.ticker import EngFormatter
-
-    from kennethlm_core.rundir import read_metrics
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True, layout="constrained")
     low, high = [], []
@@ -149,8 +148,6 @@ def plot_ladder(summary: dict, out: str | Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.ticker import EngFormatter
-
-    from kennethlm_core.rundir import read_metrics
 
     rows = summary["steps"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")

@@ -27,7 +27,8 @@ from typing import Any
 
 import pluggy
 
-from kennethlm_core import hookspecs, logs
+from kennethlm_core import builtin, hookspecs, logs
+from kennethlm_core.config import field_names
 from kennethlm_core.errors import KLMError, UnknownComponent
 from kennethlm_core.hookspecs import PROJECT, SLOTS
 
@@ -81,8 +82,6 @@ class Registry:
         self.disabled: list[str] = []
         self.strict = strict
         self._dist: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
-        from kennethlm_core import builtin
-
         self.add_plugin(builtin, BUILTIN, BUILTIN, _version(BUILTIN))
         if entry_points:
             self._load_entry_points(set(disabled))
@@ -144,8 +143,6 @@ class Registry:
 
     def _option_clash(self, comp: Component) -> str | None:
         """Why comp's options cannot share a run's settings with the rest, or None."""
-        from kennethlm_core.config import field_names
-
         core = field_names()
         for key in comp.options:
             if key in core:

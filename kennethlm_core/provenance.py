@@ -41,6 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kennethlm_core.config import selected_components
 from kennethlm_core.errors import CheckpointError, ConfigError
 
 FILE = "provenance.json"
@@ -188,7 +189,6 @@ def code_provenance(cfg: Any, registry: Any, root: Path = REPO) -> dict[str, Any
     """The commit, the core and every plugin distribution that provides a component of the
     run (its model and the slots the model uses, optimizer, schedule, tokenizer, corpus and
     each tweak), with versions and source hashes."""
-    from kennethlm_core.config import selected_components
 
     plugins: dict[str, dict[str, Any]] = {}
     files: dict[str, dict[str, Path]] = {}
@@ -214,7 +214,7 @@ def code_provenance(cfg: Any, registry: Any, root: Path = REPO) -> dict[str, Any
 
 def data_provenance(meta: dict[str, Any]) -> dict[str, Any]:
     """The data part, from the token cache's meta.json (data.PreparedData.meta)."""
-    from kennethlm_core import data
+    from kennethlm_core import data  # imports torch: not at the top, for `klm --help`
 
     return {
         "pipeline": meta.get("format", data.FORMAT),
@@ -238,7 +238,7 @@ def run_provenance(cfg: Any, registry: Any, meta: dict[str, Any]) -> dict[str, A
 def planned_provenance(cfg: Any, registry: Any) -> dict[str, Any]:
     """What can be known before preparing data: the code, the corpus fingerprint and the
     pipeline's version (the tokenizer is covered by the code and the configuration)."""
-    from kennethlm_core import data
+    from kennethlm_core import data  # imports torch: not at the top, for `klm --help`
 
     corpus = data.build_corpus(cfg, registry).fingerprint()
     return {
@@ -312,7 +312,9 @@ def load(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def save(run_dir: str | Path, record: dict[str, Any]) -> None:
-    from kennethlm_core.checkpoint import atomic_write_json
+    from kennethlm_core.checkpoint import (
+        atomic_write_json,
+    )  # imports torch: not at the top, for `klm --help`
 
     atomic_write_json(Path(run_dir) / FILE, record)
 

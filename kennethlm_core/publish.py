@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from kennethlm_core import logs
+from kennethlm_core import __version__, logs
 from kennethlm_core.components import Corpus
 from kennethlm_core.data import SPLIT_VERSION, Plan, build_corpus, plan_split, unit_hash
 from kennethlm_core.errors import ConfigError, DataError, KLMError
@@ -403,8 +403,6 @@ class Card:
         return "the corpus's own documentation (where its files came from)"
 
     def metadata(self) -> dict[str, Any]:
-        from kennethlm_core import __version__
-
         domains = self.domains()
         path = self.files[0] if len(self.files) == 1 else self.files
         meta: dict[str, Any] = {"pretty_name": f"{self.corpus.name}: the {self.split} split"}

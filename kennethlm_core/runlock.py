@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - Windows
 
 def lock_file(folder: str | os.PathLike) -> Path:
     """The lock file of ``folder``: beside the token cache, named by its resolved path."""
-    from kennethlm_core.data import cache_root
+    from kennethlm_core.data import cache_root  # imports torch: not at the top, for `klm --help`
 
     key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:20]
     return cache_root() / "locks" / f"{key}.lock"

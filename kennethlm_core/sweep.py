@@ -32,6 +32,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from kennethlm_core import runlock
+from kennethlm_core.checkpoint import atomic_write_json
 from kennethlm_core.config import (
     BUDGET_KEYS,
     RunConfig,
@@ -40,7 +42,20 @@ from kennethlm_core.config import (
     field_names,
     resolve,
 )
+from kennethlm_core.data import BYTES, DOC_START, DOMAIN, END, START, mix_weights
 from kennethlm_core.errors import ConfigError, KLMError
+from kennethlm_core.experiment import (
+    describe_budget,
+    folder_name,
+    mean_std,
+    prepare_points,
+    provenance_overrides,
+    run_points,
+    with_resolved_mix,
+)
+from kennethlm_core.plots import plot_sweep
+from kennethlm_core.provenance import git_commit
+from kennethlm_core.train import preflight
 
 # -- the grid --------------------------------------------------------------------------------
 
@@ -117,8 +132,6 @@ class Cell:
 
     @property
     def name(self) -> str:
-        from kennethlm_core.experiment import folder_name
-
         return folder_name([f"{k} {v}" for k, v in self.texts.items()])
 
 
@@ -128,8 +141,6 @@ def grid_cells(
     """Every cell of the grid, its configuration checked as klm run checks one before it reads
     any data: a cell the configuration refuses is skipped with that reason. A grid whose every
     cell is refused is an error."""
-    from kennethlm_core.train import preflight
-
     cells = []
     for combo in itertools.product(*(range(len(a.values)) for a in axes)):
         values = {a.key: a.values[i] for a, i in zip(axes, combo, strict=True)}
@@ -161,8 +172,6 @@ def prepare_cells(
     whose vocabulary stops short of the size asked). A mix is written as the weights a run
     records (with_resolved_mix). With ``text_bytes`` each cell's budget becomes the tokens
     that hold that much training text (tokens_for_bytes)."""
-    from kennethlm_core.experiment import prepare_points, with_resolved_mix
-
     runnable = [c for c in cells if c.cfg is not None]
     for cell, data in zip(
         runnable, prepare_points([c.cfg for c in runnable], registry, say), strict=True
@@ -213,8 +222,6 @@ def tokens_for_bytes(text_bytes: int, cfg: RunConfig, data: Any) -> int:
     / tokens_d bytes."""
     import numpy as np
 
-    from kennethlm_core.data import BYTES, DOMAIN, mix_weights
-
     split = data.train
     nbytes = np.bincount(split.rows[:, DOMAIN], split.rows[:, BYTES], len(split.domains))
     weights = np.array(list(mix_weights(cfg.mix, split, cfg.block_size).values()))
@@ -225,8 +232,6 @@ def tokens_for_bytes(text_bytes: int, cfg: RunConfig, data: Any) -> int:
 def bytes_per_token(split: Any) -> float:
     """UTF-8 bytes per token of the chunks of a tokenized split (a document's first chunk
     holds its document token, which stands for no text: not counted)."""
-    from kennethlm_core.data import DOC_START, END, START
-
     rows = split.rows
     tokens = int(
         (rows[:, END] - rows[:, START]).sum() - (rows[:, START] == rows[:, DOC_START]).sum()
@@ -251,8 +256,6 @@ def default_folder(
     axes: list[Axis], shared: dict[str, Any], text_bytes: int = 0, root: Path = Path("experiments")
 ) -> Path:
     """experiments/sweep-<keys>-<budget>[-<shared settings>], named like klm compare's."""
-    from kennethlm_core.experiment import folder_name
-
     parts = ["sweep", *(a.key for a in axes), budget_text(shared, text_bytes)]
     parts += [f"{k} {v}" for k, v in sorted(shared.items()) if k not in BUDGET_KEYS]
     return root / folder_name(parts)
@@ -280,11 +283,6 @@ def run_sweep(
     """Train (or reuse) every runnable cell on every seed, holding the folder's lock; write
     summary.json and sweep.png, and return the summary. ``text_bytes``: the budget is that
     much training text, in each cell's tokens (tokens_for_bytes)."""
-    from kennethlm_core import runlock
-    from kennethlm_core.checkpoint import atomic_write_json
-    from kennethlm_core.experiment import provenance_overrides, run_points
-    from kennethlm_core.plots import plot_sweep
-
     budgets = [k for k in BUDGET_KEYS if k in shared] + [
         a.key for a in axes if a.key in BUDGET_KEYS
     ]
@@ -327,9 +325,6 @@ def run_sweep(
 
 
 def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> dict[str, Any]:
-    from kennethlm_core.experiment import mean_std
-    from kennethlm_core.provenance import git_commit
-
     rows, machine = [], None
     for cell in cells:
         row: dict[str, Any] = {"cell": cell.values, "texts": cell.texts, "label": cell.label}
@@ -379,8 +374,6 @@ def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> di
 
 def budget_text(shared: dict[str, Any], text_bytes: int = 0) -> str:
     """The budget in words, as klm compare names it, or the bytes of text."""
-    from kennethlm_core.experiment import describe_budget
-
     budget = {k: v for k, v in shared.items() if k in BUDGET_KEYS}
     if text_bytes:
         return f"{text_bytes:,} bytes of text"
