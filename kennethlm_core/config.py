@@ -42,6 +42,12 @@ class RunConfig:
     mix: str = ""  # domain weights for training batches, "books=0.5,speech=0.5"; "" = natural
     tweak: str = ""  # model tweaks applied after the model is built, in order: "qk-norm,softcap"
     callback: str = ""  # training-loop callbacks, in order: "ema"
+    # experiment trackers (callbacks that only watch the run, see loggers.py), in order:
+    # "tensorboard,wandb"; like the settings below, not part of what a run computes (WATCHING)
+    logger: str = ""
+    log_every: int = 10  # steps between a logger's train/ points
+    group: str = ""  # loggers group runs by it (klm compare: the experiment folder's name)
+    arm: str = ""  # the arm of a comparison the run belongs to (set by klm compare)
     # model shape
     n_layer: int = 4
     n_head: int = 4
@@ -113,6 +119,11 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Settings that change how a run is watched, never what it computes: a finished run matches a
+# configuration that differs only in these, and a resumed run may change them.
+WATCHING = ("logger", "log_every", "group", "arm")
 
 
 def field_names() -> set[str]:
@@ -234,17 +245,18 @@ def parse_mix(text: str) -> dict[str, float]:
 def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
     """Whether a run folder's config.json describes the run `cfg` asks for.
 
-    `threads` (how many cores a run used) is not part of what a run is, a run that asks for
-    the natural mix matches the resolved weights that config.json records for it, and a setting
-    added to the core after the run was made reads as its default (a run from before `tweak`
-    existed had none).
+    `threads` (how many cores a run used) is not part of what a run is, nor are the WATCHING
+    settings (its loggers), a run that asks for the natural mix matches the resolved weights
+    that config.json records for it, and a setting added to the core after the run was made
+    reads as its default (a run from before `tweak` existed had none).
     """
     wanted = cfg.to_dict()
     saved = {**RunConfig().to_dict(), **saved}
     if not cfg.mix:
         saved["mix"] = ""
-    saved.pop("threads", None)
-    wanted.pop("threads", None)
+    for key in ("threads", *WATCHING):
+        saved.pop(key, None)
+        wanted.pop(key, None)
     return saved == wanted
 
 
@@ -322,7 +334,7 @@ def resolve(cfg: RunConfig, registry: Any) -> RunConfig:
     """Check names, sizes and pairings; fill in component option defaults. Returns cfg."""
     chosen = selected_components(cfg, registry)
     declared: dict[str, Any] = {}
-    for comp in chosen.values():
+    for comp in [*chosen.values(), *logger_components(cfg, registry)]:
         for key, default in comp.options.items():
             declared.setdefault(key, default)
     for key in list(cfg.options):
@@ -370,6 +382,22 @@ def component_names(text: str, slot: str = "tweak") -> list[str]:
 
 
 tweak_names = component_names  # the name it had before callbacks used it too
+
+
+def logger_components(cfg: RunConfig, registry: Any) -> list[Any]:
+    """The run's loggers (``--logger``), checked: each an installed logger, none listed as a
+    callback too. Not among selected_components: a logger is no part of what a run computes
+    (provenance, reuse)."""
+    from kennethlm_core.loggers import find_logger
+
+    loggers = [find_logger(registry, name) for name in component_names(cfg.logger, "logger")]
+    both = sorted(set(component_names(cfg.callback, "callback")) & {c.name for c in loggers})
+    if both:
+        raise ConfigError(
+            f"{', '.join(both)} is listed as a callback and as a logger; give it once, "
+            f"with --logger {both[0]}"
+        )
+    return loggers
 
 
 def corpus_component(corpus: str, registry: Any) -> Any:
@@ -441,6 +469,7 @@ def check_values(cfg: RunConfig) -> None:
         "no training budget: give --steps N, --tokens N or --time 15m",
     )
     need(cfg.eval_every >= 1, f"eval_every must be at least 1, got {cfg.eval_every}")
+    need(cfg.log_every >= 1, f"log_every must be at least 1, got {cfg.log_every}")
     need(cfg.eval_bytes >= 1 and cfg.final_eval_bytes >= 1, "eval_bytes must be positive")
     parse_mix(cfg.mix)  # its syntax; its domain names are checked against the corpus
     need(0 < cfg.val_fraction < 1, f"val_fraction must be in (0, 1), got {cfg.val_fraction}")

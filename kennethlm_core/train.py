@@ -44,9 +44,11 @@ from kennethlm_core.checkpoint import (
 from kennethlm_core.components import Loop
 from kennethlm_core.config import (
     BUDGET_KEYS,
+    WATCHING,
     RunConfig,
     coerce,
     component_names,
+    logger_components,
     resolve,
     same_config,
 )
@@ -192,14 +194,19 @@ def resume_config(out: Path, overrides: dict[str, Any], registry: Any) -> RunCon
         )
     cfg = load_run_config(out, registry)
     overrides = {k: coerce(k, v, cfg.get(k)) for k, v in overrides.items()}
-    changed = {k for k, v in overrides.items() if k not in BUDGET_KEYS and cfg.get(k) != v}
+    free = (*BUDGET_KEYS, *WATCHING)  # the budget, and how the run is watched (--logger)
+    changed = {k for k, v in overrides.items() if k not in free and cfg.get(k) != v}
     if changed:
         raise ConfigError(
             f"cannot change {', '.join(sorted(changed))} when resuming; only the budget "
-            "(--steps, --tokens, --time) may change. Start a new run for a new configuration"
+            "(--steps, --tokens, --time) and the loggers may change. Start a new run for a new "
+            "configuration"
         )
     if any(k in overrides for k in BUDGET_KEYS):
         cfg = cfg.replace(**{k: overrides.get(k, 0) for k in BUDGET_KEYS})
+    watching = {k: v for k, v in overrides.items() if k in WATCHING}
+    if watching:
+        cfg = resolve(cfg.replace(**watching), registry)
     return cfg
 
 
@@ -255,6 +262,8 @@ def preflight(cfg: RunConfig, registry: Any) -> None:
     """Build the tokenizer and the model (on the meta device, no memory) so that a setting a
     component refuses fails now, before any data is read or any file written."""
     registry.get("tokenizer", cfg.tokenizer).factory(cfg)
+    for logger in logger_components(cfg, registry):  # a logger's own checks (its library)
+        logger.factory(cfg)
     with torch.device("meta"):
         params = count_params(build_model(cfg, 256, registry))
     need = params * 16  # float32 weights, gradients and two optimizer moments
@@ -421,10 +430,10 @@ def _train(
         if device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"])
         batches.set_state(rng["batches"])
-    loop = Loop(cfg, out, model, optimizer, clock, log, dist.is_main)
-    callbacks = {
+    loop = Loop(cfg, out, model, optimizer, clock, log, dist.is_main, resumed=resume)
+    callbacks = {  # the run's callbacks, then its loggers (loggers.py)
         name: registry.get("callback", name).factory(cfg)
-        for name in component_names(cfg.callback, "callback")
+        for name in [*component_names(cfg.callback, "callback"), *component_names(cfg.logger)]
     }
     saved_state = meta.get("extra", {})  # each callback's tensors, under "NAME.KEY"
     for name, callback in callbacks.items():
@@ -587,6 +596,7 @@ def _train(
             clock.train_time += time.perf_counter() - t0
             if dist.any(diverged, device):  # every rank stops at the same step
                 raise _non_finite(clock, saved, cfg, out)
+            loop.loss = loss.detach()
             for callback in callbacks.values():
                 callback.stepped(loop)
 
