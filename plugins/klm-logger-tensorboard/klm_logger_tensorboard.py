@@ -7,10 +7,10 @@ eval/train_loss, ... at every evaluation) and the final summary as summary/... s
 last step. ``tensorboard --logdir runs`` shows every run; ``--logdir experiments/NAME`` shows a
 comparison, one line per arm and seed (each run folder holds its own event files).
 
-A resumed run writes a new event file that starts with TensorBoard's purge marker at the step
-it continues from (``purge_step``), so that points a stopped process wrote after its last
-checkpoint are hidden and the trajectory is one line; a run replaced with --force starts at
-step 0 and so hides the run it replaced.
+A resumed run writes a new event file that starts with TensorBoard's purge marker just after
+the step it continues from (``purge_step``), so that points a stopped process wrote after its
+last checkpoint are hidden and the trajectory is one line; a new run's marker is at step 0,
+which hides a run it replaced (--force).
 """
 
 import json
@@ -33,7 +33,10 @@ class TensorBoard(Logger):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        self.writer = SummaryWriter(str(run.folder / FOLDER), purge_step=run.step)
+        # a resumed run hides what was logged after its checkpoint (at run.step); a new one,
+        # everything before it (the run it replaces, with --force)
+        purge = run.step + 1 if run.resumed else 0
+        self.writer = SummaryWriter(str(run.folder / FOLDER), purge_step=purge)
         self.step = run.step
         # the HParams dashboard: the settings, and the final val_bpb as the metric to sort by
         values = {k: _hparam(v) for k, v in run.hparams.items()}
