@@ -61,8 +61,13 @@ class WandB(Logger):
 
     def close(self):
         if self.run is not None:
+            import wandb
+
             self.run.finish()
             self.run = None
+            # finish() can return before W&B's service has written the run's last records:
+            # a test read a .wandb file that was still empty. teardown() waits for it.
+            wandb.teardown()
 
 
 def make(cfg):

@@ -87,6 +87,8 @@ def offline_run(folder: Path) -> dict:
         elif kind == "summary":
             summary.update({_key(u): json.loads(u.value_json) for u in record.summary.update})
     config.pop("_wandb", None)
+    kinds = [r.WhichOneof("record_type") for r in records(Path(path))]
+    assert run is not None, f"no run record in {path} ({Path(path).stat().st_size} bytes): {kinds}"
     return {"run": run, "config": config, "history": history, "summary": summary}
 
 
