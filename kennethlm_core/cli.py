@@ -109,6 +109,13 @@ def run_options(f):
             help="A training-loop callback (klm list-plugins), e.g. ema; repeatable, in order. "
             "Replaces the recipe's callbacks.",
         ),
+        click.option(
+            "--logger",
+            multiple=True,
+            metavar="NAME",
+            help="An experiment tracker for the run: tensorboard, wandb (docs/loggers.md); "
+            "repeatable. Replaces the recipe's loggers.",
+        ),
         click.option("--vocab-size", type=int, help="Tokenizer vocabulary size (0: its default)."),
         click.option("--corpus", help="A corpus name (sample, dagw, dynaword) or a path."),
         click.option(
@@ -171,6 +178,7 @@ def overrides_from(params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     params.pop("time_", None)
     tweaks = params.pop("tweak", ()) or ()
     callbacks = params.pop("callback", ()) or ()
+    loggers = params.pop("logger", ()) or ()
     if params.get("compile_") is not None:
         params["compile"] = params.pop("compile_")
     params.pop("compile_", None)
@@ -179,6 +187,8 @@ def overrides_from(params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         overrides["tweak"] = ",".join(tweaks)
     if callbacks:
         overrides["callback"] = ",".join(callbacks)
+    if loggers:
+        overrides["logger"] = ",".join(loggers)
     overrides.update(parse_set(settings))
     return recipe, overrides
 
@@ -899,6 +909,7 @@ def compare(
     if jobs < 1:
         raise KLMError("--jobs must be at least 1")
     first = shared.pop("seed", 1)
+    logger = shared.pop("logger", None)  # how the runs are watched, not what is compared
     comp = experiment.Comparison(
         baseline=_arm("baseline", baseline),
         candidate=_arm("candidate", candidate),
@@ -910,6 +921,7 @@ def compare(
         alpha=alpha,
         branch_at=branch_at,
         init_from=init_from,
+        logger=logger,
     )
     console = _console(stderr=True)
     say = (lambda message: None) if quiet else (lambda m: console.print(m, soft_wrap=True))

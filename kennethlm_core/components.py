@@ -286,7 +286,9 @@ class Task:
 class Loop:
     """What a training-loop callback sees: the live run. ``clock`` is the training clock
     (``clock.step``, ``clock.tokens``, ``clock.train_time``); ``is_main`` is False in every
-    process of a multi-process run but the first (which alone evaluates, logs and writes)."""
+    process of a multi-process run but the first (which alone evaluates, logs and writes).
+    ``resumed``: the run continues its own checkpoint. ``loss``: the last step's training
+    loss, a 0-dim tensor on the device (reading it waits for the device)."""
 
     cfg: Any
     out: Path
@@ -295,6 +297,8 @@ class Loop:
     clock: Any
     log: Any
     is_main: bool = True
+    resumed: bool = False
+    loss: torch.Tensor | None = None
 
 
 class Callback:

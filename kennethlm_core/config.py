@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kennethlm_core.errors import ConfigError
+from kennethlm_core.errors import ConfigError, UnknownComponent
+
+PLUGINS = Path(__file__).resolve().parent.parent / "plugins"  # a source checkout's plugins
 
 MODEL_SLOTS = ("attention", "posemb", "norm", "mlp")
 
@@ -45,6 +47,12 @@ class RunConfig:
     mix: str = ""
     tweak: str = ""  # model tweaks applied after the model is built, in order: "qk-norm,softcap"
     callback: str = ""  # training-loop callbacks, in order: "ema"
+    # experiment trackers (callbacks that only watch the run, see loggers.py), in order:
+    # "tensorboard,wandb"; like the settings below, not part of what a run computes (WATCHING)
+    logger: str = ""
+    log_every: int = 10  # steps between a logger's train/ points
+    group: str = ""  # loggers group runs by it (klm compare: the experiment folder's name)
+    arm: str = ""  # the arm of a comparison the run belongs to (set by klm compare)
     # model shape
     n_layer: int = 4
     n_head: int = 4
@@ -116,6 +124,11 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Settings that change how a run is watched, never what it computes: a finished run matches a
+# configuration that differs only in these, and a resumed run may change them.
+WATCHING = ("logger", "log_every", "group", "arm")
 
 
 def field_names() -> set[str]:
@@ -257,17 +270,18 @@ def mix_temperature(text: str) -> float | None:
 def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
     """Whether a run folder's config.json describes the run `cfg` asks for.
 
-    `threads` (how many cores a run used) is not part of what a run is, a run that asks for
-    the natural mix matches the resolved weights that config.json records for it, and a setting
-    added to the core after the run was made reads as its default (a run from before `tweak`
-    existed had none).
+    `threads` (how many cores a run used) is not part of what a run is, nor are the WATCHING
+    settings (its loggers), a run that asks for the natural mix matches the resolved weights
+    that config.json records for it, and a setting added to the core after the run was made
+    reads as its default (a run from before `tweak` existed had none).
     """
     wanted = cfg.to_dict()
     saved = {**RunConfig().to_dict(), **saved}
     if not cfg.mix:
         saved["mix"] = ""
-    saved.pop("threads", None)
-    wanted.pop("threads", None)
+    for key in ("threads", *WATCHING):
+        saved.pop(key, None)
+        wanted.pop(key, None)
     return saved == wanted
 
 
@@ -345,7 +359,7 @@ def resolve(cfg: RunConfig, registry: Any) -> RunConfig:
     """Check names, sizes and pairings; fill in component option defaults. Returns cfg."""
     chosen = selected_components(cfg, registry)
     declared: dict[str, Any] = {}
-    for comp in chosen.values():
+    for comp in [*chosen.values(), *logger_components(cfg, registry)]:
         for key, default in comp.options.items():
             declared.setdefault(key, default)
     for key in list(cfg.options):
@@ -393,6 +407,71 @@ def component_names(text: str, slot: str = "tweak") -> list[str]:
 
 
 tweak_names = component_names  # the name it had before callbacks used it too
+
+
+def installed_loggers(registry: Any) -> list[str]:
+    return sorted(n for n, c in registry.components["callback"].items() if c.extra.get("logger"))
+
+
+def find_logger(registry: Any, name: str) -> Any:
+    """The logger component ``name``, or one line saying what is installed and what to do."""
+    component = registry.components["callback"].get(name)
+    if component is not None:
+        if component.extra.get("logger"):
+            return component
+        raise ConfigError(
+            f"callback '{name}' is not a logger (it takes part in the run); give it with "
+            f"--callback {name}"
+        )
+    installed = installed_loggers(registry)
+    listing = f"installed loggers: {', '.join(installed) or 'none'}"
+    plugin = f"logger-{name}"
+    for broken in registry.broken:
+        if broken.plugin == plugin:
+            raise UnknownComponent(
+                f"logger '{name}' is in plugin '{plugin}' ({broken.distribution}), which failed "
+                f"to load ({broken.error}); reinstall or fix it; {listing}"
+            )
+    if plugin in registry.disabled:
+        raise UnknownComponent(
+            f"logger '{name}' is in plugin '{plugin}', which is disabled (--disable-plugin or "
+            f"KLM_DISABLE_PLUGINS); {listing}"
+        )
+    package = PLUGINS / f"klm-logger-{name}"
+    if (package / "pyproject.toml").exists():
+        raise UnknownComponent(
+            f"logger '{name}' is not installed; {listing}; install it with: "
+            f"pip install -e {_shown(package)}"
+        )
+    shipped = sorted(p.name.removeprefix("klm-logger-") for p in PLUGINS.glob("klm-logger-*"))
+    close = difflib.get_close_matches(name, sorted({*installed, *shipped}), n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise UnknownComponent(
+        f"unknown logger '{name}'; {hint}{listing} (a logger is a plugin package in the callback "
+        "slot, see docs/loggers.md)"
+    )
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it."""
+    try:
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def logger_components(cfg: RunConfig, registry: Any) -> list[Any]:
+    """The run's loggers (``--logger``), checked: each an installed logger, none listed as a
+    callback too. Not among selected_components: a logger is no part of what a run computes
+    (provenance, reuse)."""
+    loggers = [find_logger(registry, name) for name in component_names(cfg.logger, "logger")]
+    both = sorted(set(component_names(cfg.callback, "callback")) & {c.name for c in loggers})
+    if both:
+        raise ConfigError(
+            f"{', '.join(both)} is listed as a callback and as a logger; give it once, "
+            f"with --logger {both[0]}"
+        )
+    return loggers
 
 
 def corpus_component(corpus: str, registry: Any) -> Any:
@@ -464,6 +543,7 @@ def check_values(cfg: RunConfig) -> None:
         "no training budget: give --steps N, --tokens N or --time 15m",
     )
     need(cfg.eval_every >= 1, f"eval_every must be at least 1, got {cfg.eval_every}")
+    need(cfg.log_every >= 1, f"log_every must be at least 1, got {cfg.log_every}")
     need(cfg.eval_bytes >= 1 and cfg.final_eval_bytes >= 1, "eval_bytes must be positive")
     if mix_temperature(cfg.mix) is None:  # a temperature is checked by mix_temperature
         parse_mix(cfg.mix)  # its syntax; its domain names are checked against the corpus

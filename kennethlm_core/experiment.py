@@ -49,7 +49,15 @@ from pathlib import Path
 from typing import Any
 
 from kennethlm_core import provenance, runlock
-from kennethlm_core.config import BUDGET_KEYS, RunConfig, build_config, resolve, same_config
+from kennethlm_core.config import (
+    BUDGET_KEYS,
+    WATCHING,
+    RunConfig,
+    build_config,
+    logger_components,
+    resolve,
+    same_config,
+)
 from kennethlm_core.errors import ConfigError, DataError, KLMError
 
 ARMS = ("baseline", "candidate")
@@ -164,6 +172,7 @@ class Comparison:
     alpha: float = ALPHA
     branch_at: float | None = None  # candidate starts from the baseline's checkpoint there
     init_from: Path | None = None  # both arms start from this run's checkpoint
+    logger: str | None = None  # the runs' loggers (None: the arms'), grouped by the folder
 
     def budget(self) -> dict[str, Any]:
         return {k: self.shared[k] for k in BUDGET_KEYS if k in self.shared}
@@ -195,6 +204,8 @@ def arm_configs(comp: Comparison, registry: Any) -> dict[str, RunConfig]:
     else:
         candidate = build_config(base.recipe, {**comp.shared, **base.overrides, **cand.overrides})
     cfgs = {"baseline": resolve(baseline, registry), "candidate": resolve(candidate, registry)}
+    if comp.logger:  # an unknown logger fails now, before any run
+        logger_components(cfgs["baseline"].replace(logger=comp.logger), registry)
     sized = [arm for arm, cfg in cfgs.items() if cfg.size == "auto"]
     if sized:
         raise ConfigError(
@@ -202,7 +213,7 @@ def arm_configs(comp: Comparison, registry: Any) -> dict[str, RunConfig]:
             "klm run; a comparison trains fixed shapes: give --n-layer, --n-embd and --n-head "
             "(klm run --size auto says which it would choose)"
         )
-    if cfgs["baseline"].to_dict() == cfgs["candidate"].to_dict():
+    if _computed(cfgs["baseline"]) == _computed(cfgs["candidate"]):
         raise ConfigError(
             f"the candidate ({cand.text!r}) is the same configuration as the baseline; "
             "give it a change, for example --candidate '--posemb none'"
@@ -212,8 +223,13 @@ def arm_configs(comp: Comparison, registry: Any) -> dict[str, RunConfig]:
 
 def candidate_settings(cfgs: dict[str, RunConfig]) -> dict[str, Any]:
     """What the candidate changes: its settings that differ from the baseline's."""
-    base, cand = cfgs["baseline"].to_dict(), cfgs["candidate"].to_dict()
+    base, cand = _computed(cfgs["baseline"]), _computed(cfgs["candidate"])
     return {k: v for k, v in cand.items() if base.get(k) != v}
+
+
+def _computed(cfg: RunConfig) -> dict[str, Any]:
+    """The settings that change what a run computes: all but how it is watched (loggers)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in WATCHING}
 
 
 def default_folder(comp: Comparison, root: Path = Path("experiments")) -> Path:
@@ -387,6 +403,10 @@ def plan_jobs(
     for seed in comp.seeds:
         for arm in ARMS:
             cfg = cfgs[arm].replace(seed=seed, **({"threads": threads} if threads else {}))
+            if comp.logger is not None or cfg.logger:  # loggers group the runs (loggers.py)
+                logger = cfg.logger if comp.logger is None else comp.logger
+                group = cfg.group or folder.name
+                cfg = resolve(cfg.replace(logger=logger, group=group, arm=arm), registry)
             job = Job(arm, seed, cfg, folder / arm / f"seed-{seed}", allow_changes=allow_changes)
             start = init_step
             if comp.init_from is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from kennethlm_core import provenance
 from kennethlm_core.checkpoint import CHECKPOINT, WEIGHTS, atomic_write_json, atomic_write_text
-from kennethlm_core.config import BUDGET_KEYS, RunConfig, coerce, resolve, same_config
+from kennethlm_core.config import BUDGET_KEYS, WATCHING, RunConfig, coerce, resolve, same_config
 from kennethlm_core.errors import CheckpointError, ConfigError
 
 RUN_FILES = (
@@ -93,14 +93,19 @@ def resume_config(out: Path, overrides: dict[str, Any], registry: Any) -> RunCon
         )
     cfg = load_run_config(out, registry)
     overrides = {k: coerce(k, v, cfg.get(k)) for k, v in overrides.items()}
-    changed = {k for k, v in overrides.items() if k not in BUDGET_KEYS and cfg.get(k) != v}
+    free = (*BUDGET_KEYS, *WATCHING)  # the budget, and how the run is watched (--logger)
+    changed = {k for k, v in overrides.items() if k not in free and cfg.get(k) != v}
     if changed:
         raise ConfigError(
             f"cannot change {', '.join(sorted(changed))} when resuming; only the budget "
-            "(--steps, --tokens, --time) may change. Start a new run for a new configuration"
+            "(--steps, --tokens, --time) and the loggers may change. Start a new run for a new "
+            "configuration"
         )
     if any(k in overrides for k in BUDGET_KEYS):
         cfg = cfg.replace(**{k: overrides.get(k, 0) for k in BUDGET_KEYS})
+    watching = {k: v for k, v in overrides.items() if k in WATCHING}
+    if watching:
+        cfg = resolve(cfg.replace(**watching), registry)
     return cfg
 
 

@@ -43,6 +43,7 @@ from kennethlm_core.components import Loop
 from kennethlm_core.config import (
     RunConfig,
     component_names,
+    logger_components,
 )
 from kennethlm_core.data import Batches, cache_root, format_mix, mix_weights, prepare_data
 from kennethlm_core.device import describe_device, pick_device
@@ -130,6 +131,8 @@ def preflight(cfg: RunConfig, registry: Any) -> None:
     """Build the tokenizer and the model (on the meta device, no memory) so that a setting a
     component refuses fails now, before any data is read or any file written."""
     registry.get("tokenizer", cfg.tokenizer).factory(cfg)
+    for logger in logger_components(cfg, registry):  # a logger's own checks (its library)
+        logger.factory(cfg)
     with torch.device("meta"):
         params = count_params(build_model(cfg, 256, registry))
     need = params * 16  # float32 weights, gradients and two optimizer moments
@@ -394,10 +397,10 @@ def start(
     )  # fmt: skip
     run.loss_sum = torch.zeros((), device=device)
     meta = restore(run, resume, source, changes)
-    run.loop = Loop(cfg, out, model, optimizer, run.clock, log, dist.is_main)
-    run.callbacks = {
+    run.loop = Loop(cfg, out, model, optimizer, run.clock, log, dist.is_main, resumed=resume)
+    run.callbacks = {  # the run's callbacks, then its loggers (loggers.py)
         name: registry.get("callback", name).factory(cfg)
-        for name in component_names(cfg.callback, "callback")
+        for name in [*component_names(cfg.callback, "callback"), *component_names(cfg.logger)]
     }
     saved_state = meta.get("extra", {})  # each callback's tensors, under "NAME.KEY"
     for name, callback in run.callbacks.items():
@@ -499,6 +502,7 @@ def step(run: Run) -> None:
     clock.train_time += time.perf_counter() - t0
     if run.dist.any(diverged, run.device):  # every rank stops at the same step
         raise run.non_finite()
+    run.loop.loss = loss.detach()
     for callback in run.callbacks.values():
         callback.stepped(run.loop)
 
