@@ -206,9 +206,9 @@ def test_a_killed_builder_leaves_a_lock_that_blocks_no_one(children, tmp_path):
 CHANGES = {
     # During tokenizer training: the tokenizer would be keyed by the old files.
     "rewritten-after-the-survey": ("survey", False, 0, True),
-    # The files' fingerprint cannot see it (cp -p, rsync -t), but the text's hash can: the
-    # tokenizer learnt from the files as they are now, so it stays; the tokens do not.
-    "same-size-and-mtime": ("survey", True, 1, False),
+    # Same sizes and times (cp -p, rsync -t): the fingerprint hashes the files' contents, so
+    # it sees this change like the first one.
+    "same-size-and-mtime": ("survey", True, 0, True),
     # Before the text is read at all (the tokenizer is cached already): the text is read
     # whole and the same twice, but the tokens would be keyed by the old files.
     "rewritten-before-the-survey": ("presurvey", False, 1, True),
