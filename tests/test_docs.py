@@ -1,5 +1,6 @@
 """The documentation site (mkdocs.yml, docs/) builds with --strict: a broken link or anchor,
-a page left out of the nav or a docstring the API reference cannot read fails the suite."""
+a page left out of the nav or a docstring the API reference cannot read fails the suite.
+README.md is the front door: short, and every link in it leads to a file that exists."""
 
 import os
 import re
@@ -60,6 +61,17 @@ def test_a_broken_link_or_anchor_fails_the_build(tmp_path):
     assert proc.returncode == 1
     assert "contains a link 'nowhere.md', but the target is not found" in proc.stderr
     assert 'not included in the "nav" configuration:\n  - orphan.md' in proc.stderr, proc.stderr
+
+
+def test_the_readme_is_a_short_front_door_whose_links_resolve():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    assert "make run" in readme and "make test" in readme
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [t for t in targets if "://" not in t]
+    assert "docs/results.md" in local and "docs/index.md" in local
+    for target in local:
+        assert (REPO / target).exists(), f"README.md links to {target}, which does not exist"
 
 
 def test_contributing_points_into_the_site():
