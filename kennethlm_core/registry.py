@@ -4,7 +4,7 @@ The ledger is written with tomlkit, which keeps the file's comments, order and l
 experiment is appended as one ``[[experiments]]`` table, a promotion edits ``[recipes.record]``
 in place, and every write replaces the file atomically. The results page of the
 documentation (``docs/results.md`` beside registry.toml) is generated from the ledger (``klm
-registry render``), between marker comments, and so is README.md's line on the current record.
+registry render``), between marker comments, and so is README.md's table of the current record.
 
 Every read-modify-write of registry.toml (an append, a promotion, a reset of the record, and
 the render of the pages that follows them) holds a file lock, ``registry.toml.lock`` beside it, so
