@@ -2,13 +2,14 @@
 #   make run   [ARGS="--steps 500"]   train the default model on the embedded Danish sample
 #   make test  [ARGS="-k tokenizer"]  run the test suite
 #   make bench [ARGS=...]             run benchmarks/throughput.py
+#   make docs                         build the documentation site into site/ (mkdocs.yml)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PLUGIN_DIRS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 
-.PHONY: run test bench lint format clean FORCE
+.PHONY: run test bench docs lint format clean FORCE
 
 run: $(VENV)/.installed
 	$(BIN)/klm run $(ARGS)
@@ -18,6 +19,9 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py $(ARGS)
+
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict $(ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

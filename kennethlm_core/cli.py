@@ -1037,7 +1037,7 @@ def _record(summary: dict[str, Any], promote: bool) -> None:
             config = json.loads((run / "config.json").read_text())
             promote_entry(entry, config, path, test=test)
             click.echo(f"promoted: {summary['candidate']} is part of the record recipe now")
-        _render_readme(path)
+        _render_pages(path)
 
 
 def _test_bpb(run: Path) -> float:
@@ -1049,14 +1049,13 @@ def _test_bpb(run: Path) -> float:
     return float(result["metrics"]["bpb"]["value"])
 
 
-def _render_readme(path: Path) -> None:
-    """Keep README.md's results tables in step with the ledger, when it has them."""
-    from kennethlm_core.registry import MARKERS, render_readme_file
+def _render_pages(path: Path) -> None:
+    """Keep the results page and README's current record in step with the ledger, where they
+    are beside it."""
+    from kennethlm_core.registry import pages, render_files
 
-    readme = path.parent / "README.md"
-    if readme.exists() and MARKERS["results"][0] in readme.read_text(encoding="utf-8"):
-        if render_readme_file(readme, path):
-            click.echo(f"updated the results tables in {readme}")
+    for page in render_files(pages(path), path):
+        click.echo(f"updated the results tables in {page}")
 
 
 # -- klm ladder ------------------------------------------------------------------------------
@@ -1309,29 +1308,44 @@ def registry():
 
 @registry.command("render")
 @click.option(
+    "--page",
     "--readme",
+    "page_paths",
+    multiple=True,
     type=click.Path(path_type=Path),
-    help="The README to update (default: README.md beside registry.toml).",
+    help="A Markdown page to update, its tables found by their markers (repeatable; default: "
+    "docs/results.md, and README.md's current record, beside registry.toml).",
 )
 @click.option("--check", is_flag=True, help="Only check: exit 1 when the tables are stale.")
-def registry_render(readme, check):
-    """Write the results and negative results tables into README.md from the ledger."""
+def registry_render(page_paths, check):
+    """Write the ledger's tables into the results page (docs/results.md) and README.md."""
     from kennethlm_core.config import load_registry_doc, registry_path
-    from kennethlm_core.registry import render_readme, render_readme_file
+    from kennethlm_core.registry import RESULTS_PAGE, pages, render_files, render_page
 
     path = registry_path()
-    readme = readme or path.parent / "README.md"
-    if not readme.exists():
-        raise KLMError(f"{readme} does not exist; give --readme PATH")
+    for page in page_paths:
+        if not page.is_file():
+            raise KLMError(f"{page} does not exist; give the Markdown page to render into")
+    files = [(page, None) for page in page_paths] or pages(path)
+    if not files:
+        raise KLMError(
+            f"{path.parent / RESULTS_PAGE} does not exist; give the page with --page PATH"
+        )
     if check:
-        text = readme.read_text(encoding="utf-8")
-        if render_readme(text, load_registry_doc(path)) != text:
-            print(f"klm: {readme} disagrees with {path}; run klm registry render", file=sys.stderr)
-            sys.exit(1)
-        click.echo(f"{readme} agrees with {path}")
+        doc = load_registry_doc(path)
+        for page, tables in files:
+            text = page.read_text(encoding="utf-8")
+            if render_page(text, doc, tables, name=str(page)) != text:
+                print(
+                    f"klm: {page} disagrees with {path}; run klm registry render", file=sys.stderr
+                )
+                sys.exit(1)
+        agree = "agrees" if len(files) == 1 else "agree"
+        click.echo(f"{', '.join(str(page) for page, _ in files)} {agree} with {path}")
         return
-    changed = render_readme_file(readme, path)
-    click.echo(f"{'updated' if changed else 'already up to date:'} {readme}")
+    changed = render_files(files, path)
+    for page, _ in files:
+        click.echo(f"{'updated' if page in changed else 'already up to date:'} {page}")
 
 
 @registry.command("reset-record")

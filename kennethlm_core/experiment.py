@@ -63,10 +63,10 @@ from kennethlm_core.errors import ConfigError, DataError, KLMError
 ARMS = ("baseline", "candidate")
 ALPHA = 0.01
 # The standard comparison budget and the smallest improvement worth accepting, chosen from the
-# noise floor (benchmarks/noise_floor.py, README "Noise floor"): on ../shared/data/corpus the
-# record recipe's final val_bpb has a std over 5 seeds of 0.0095 at 600 steps and 0.0079 at
-# 2000 steps, so a longer budget buys little certainty; an accepted improvement must be at
-# least about one seed-to-seed standard deviation.
+# noise floor (benchmarks/noise_floor.py, docs/protocol.md "Noise floor"): on
+# ../shared/data/corpus the record recipe's final val_bpb has a std over 5 seeds of 0.0095 at
+# 600 steps and 0.0079 at 2000 steps, so a longer budget buys little certainty; an accepted
+# improvement must be at least about one seed-to-seed standard deviation.
 STANDARD_STEPS = 600
 MIN_EFFECT = 0.01
 # Paired differences whose spread is below this (relative to their size) count as exactly

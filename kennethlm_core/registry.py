@@ -2,11 +2,12 @@
 
 The ledger is written with tomlkit, which keeps the file's comments, order and layout: an
 experiment is appended as one ``[[experiments]]`` table, a promotion edits ``[recipes.record]``
-in place, and every write replaces the file atomically. README.md's results tables are
-generated from the ledger (``klm registry render``), between marker comments.
+in place, and every write replaces the file atomically. The results page of the
+documentation (``docs/results.md`` beside registry.toml) is generated from the ledger (``klm
+registry render``), between marker comments, and so is README.md's table of the current record.
 
 Every read-modify-write of registry.toml (an append, a promotion, a reset of the record, and
-the README render that follows them) holds a file lock, ``registry.toml.lock`` beside it, so
+the render of the pages that follows them) holds a file lock, ``registry.toml.lock`` beside it, so
 two ``klm compare --record`` at once never lose an entry.
 
 The ledger has a schema version: ``ledger_schema`` at the top of the file is the schema new
@@ -16,7 +17,7 @@ entries are written in, and every entry says its own (``schema``; none means 1).
        chunks, bits per byte over non-overlapping windows. Superseded; kept as history.
     2  document-level train/validation/test splits, strided bits per byte.
 
-README's current tables show entries of the current schema only (the record log too: its r0,
+The current tables show entries of the current schema only (the record log too: its r0,
 r1, ... count promotions of that schema); schema-1 entries are shown apart, as history.
 """
 
@@ -53,7 +54,7 @@ def ledger_lock(path: Path | None = None) -> Iterator[None]:
     """Hold registry.toml's lock (``registry.toml.lock`` beside it) for a read-modify-write.
 
     Reentrant within a process (one lock object per file), so ``klm compare --record`` holds it
-    across the append, the promotion and the README render, and each of those takes it again.
+    across the append, the promotion and the render of the pages, and each of those takes it again.
     """
     from filelock import FileLock, Timeout
 
@@ -374,7 +375,7 @@ def reset_record(path: Path | None = None, keep_as: str = "record-v1") -> dict[s
     return kept.unwrap()
 
 
-# -- README tables ---------------------------------------------------------------------------
+# -- the pages' tables ----------------------------------------------------------------------
 
 MARKERS = {
     "record-log": ("<!-- record-log:begin (klm registry render) -->", "<!-- record-log:end -->"),
@@ -384,8 +385,16 @@ MARKERS = {
         "<!-- negative-results:end -->",
     ),
     "ledger-v1": ("<!-- ledger-v1:begin (klm registry render) -->", "<!-- ledger-v1:end -->"),
+    "current-record": (
+        "<!-- current-record:begin (klm registry render) -->",
+        "<!-- current-record:end -->",
+    ),
 }
-# README's section of the schema-1 tables, and its anchor
+# The results page, relative to registry.toml's folder, and the tables it must hold; README.md
+# beside registry.toml gets the tables whose markers it has (the current record).
+RESULTS_PAGE = "docs/results.md"
+RESULTS_TABLES = ("record-log", "results", "negative", "ledger-v1")
+# the results page's section of the schema-1 tables, and its anchor
 OLD_SECTION = "Measured on the old split and metric (schema 1)"
 OLD_ANCHOR = "#measured-on-the-old-split-and-metric-schema-1"
 # how a secondary metric's keys are shown (registry.metric_key of the task's metric names)
@@ -450,6 +459,32 @@ def record_log(exps: list[dict[str, Any]], schema: int = LEDGER_SCHEMA) -> str:
             f"{test(e, 'candidate')} {e['delta']:+.4f} | [{lo:+.4f}, {hi:+.4f}] "
             f"| {e['p']:.2g} | {_budget(e)} | {e['date']} |"
         )
+    return "\n".join(lines)
+
+
+def current_record(exps: list[dict[str, Any]], schema: int = LEDGER_SCHEMA) -> str:
+    """The record now, beside the baseline it started from: a two-row table for README.md."""
+    steps = promotions(exps, schema)
+    if not steps:
+        return f"The baseline recipe: no promotions on ledger schema {schema} yet."
+    first, last = steps[0], steps[-1]
+    n = len(steps)
+
+    def test(e: dict[str, Any], arm: str) -> str:
+        value = (e.get("test_bpb") or {}).get(f"{arm}_mean")
+        return f"{value:.4f}" if value is not None else "-"
+
+    lo, hi = last["delta_ci"]
+    measured = [_budget(last), f"{len(last['seeds'])} seeds", _settings(last["shared_settings"])]
+    lines = [
+        f"| record | val_bpb | test_bpb | change (on r{n - 1}) | Δ | 95% CI | measured | date |",
+        "|---" * 8 + "|",
+        f"| r0 | {first['baseline_mean']:.4f} | {test(first, 'baseline')} | the baseline recipe "
+        "| | | | |",
+        f"| **r{n}** | **{last['candidate_mean']:.4f}** | {test(last, 'candidate')} "
+        f"| `{_cell(last['candidate'])}` | {last['delta']:+.4f} | [{lo:+.4f}, {hi:+.4f}] "
+        f"| {_cell(', '.join(m for m in measured if m))} | {last['date']} |",
+    ]
     return "\n".join(lines)
 
 
@@ -527,8 +562,9 @@ def _result_tables(
 
 
 def render_tables(doc: dict[str, Any]) -> dict[str, str]:
-    """{'record-log', 'results', 'negative', 'ledger-v1': markdown} from the ledger: the first
-    three of the current schema's entries, the last of schema 1's (history, apart)."""
+    """{'record-log', 'results', 'negative', 'ledger-v1', 'current-record': markdown} from the
+    ledger: all but 'ledger-v1' of the current schema's entries, 'ledger-v1' of schema 1's
+    (history, apart)."""
     from kennethlm_core.experiment import SECONDARY_TASK
 
     exps = list(doc.get("experiments", []))
@@ -543,6 +579,7 @@ def render_tables(doc: dict[str, Any]) -> dict[str, str]:
     if current:
         results, negative = _result_tables(current, generation, SECONDARY_TASK)
         tables = {"record-log": record_log(exps), "results": results, "negative": negative}
+        tables["current-record"] = current_record(exps)
     else:
         none = (
             f"No entries on ledger schema {LEDGER_SCHEMA} (document-level splits, strided bits "
@@ -559,6 +596,7 @@ def render_tables(doc: dict[str, Any]) -> dict[str, str]:
             + (f"; the schema-1 {what} under [{OLD_SECTION}]({OLD_ANCHOR})." if what else ".")
             for key, what in where.items()
         }
+        tables["current-record"] = none + "."
     if old:
         secondary = SECONDARY_TASK if any(SECONDARY_TASK in e for e in old) else None
         results, negative = _result_tables(old, generation, secondary)
@@ -577,27 +615,60 @@ def render_tables(doc: dict[str, Any]) -> dict[str, str]:
     return tables
 
 
-def render_readme(readme: str, doc: dict[str, Any]) -> str:
-    """README text with the tables between the markers replaced by the ledger's."""
-    tables = render_tables(doc)
-    for key, (begin, end) in MARKERS.items():
+def page_tables(text: str) -> tuple[str, ...]:
+    """The tables whose begin markers are in ``text``."""
+    return tuple(key for key, (begin, _) in MARKERS.items() if begin in text)
+
+
+def render_page(
+    text: str, doc: dict[str, Any], tables: tuple[str, ...] | None = None, name: str = "the page"
+) -> str:
+    """``text`` with each of ``tables`` (default: those whose markers it has) replaced by the
+    ledger's, between its markers; a page without the markers of one of them is refused."""
+    tables = page_tables(text) if tables is None else tables
+    if not tables:
+        raise ConfigError(f"{name} has no klm registry render markers ('<!-- results:begin ...')")
+    rendered = render_tables(doc)
+    for key in tables:
+        begin, end = MARKERS[key]
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-        if not pattern.search(readme):
-            raise ConfigError(f"README has no '{begin}' ... '{end}' markers for the {key} table")
-        readme = pattern.sub(lambda m, k=key, b=begin, e=end: f"{b}\n{tables[k]}\n{e}", readme)
-    return readme
+        if not pattern.search(text):
+            raise ConfigError(f"{name} has no '{begin}' ... '{end}' markers for the {key} table")
+        text = pattern.sub(lambda m, k=key, b=begin, e=end: f"{b}\n{rendered[k]}\n{e}", text)
+    return text
 
 
-def render_readme_file(readme: Path, registry: Path | None = None) -> bool:
-    """Rewrite README's tables from registry.toml, under its lock (so a render never writes
-    tables from a ledger another klm has changed since); True when the file changed."""
+def pages(registry: Path | None = None) -> list[tuple[Path, tuple[str, ...] | None]]:
+    """The pages rendered from registry.toml, with the tables each must hold (None: those it
+    has markers for): the results page beside it, and README.md when it has markers."""
+    root = Path(registry or registry_path()).parent
+    found: list[tuple[Path, tuple[str, ...] | None]] = []
+    if (root / RESULTS_PAGE).exists():
+        found.append((root / RESULTS_PAGE, RESULTS_TABLES))
+    readme = root / "README.md"
+    if readme.exists() and page_tables(readme.read_text(encoding="utf-8")):
+        found.append((readme, None))
+    return found
+
+
+def render_files(
+    files: list[tuple[Path, tuple[str, ...] | None]], registry: Path | None = None
+) -> list[Path]:
+    """Rewrite the tables of each (page, tables) from registry.toml, under its lock (so a
+    render never writes tables from a ledger another klm has changed since); returns the pages
+    that changed. Every page is rendered before any is written, so a refused one stops all."""
     from kennethlm_core.checkpoint import atomic_write_text
     from kennethlm_core.config import load_registry_doc
 
     registry = registry or registry_path()
     with ledger_lock(registry):
-        old = readme.read_text(encoding="utf-8")
-        new = render_readme(old, load_registry_doc(registry))
-        if new != old:
-            atomic_write_text(readme, new)
-    return new != old
+        doc = load_registry_doc(registry)
+        changed = []
+        for page, tables in files:
+            old = page.read_text(encoding="utf-8")
+            new = render_page(old, doc, tables, name=str(page))
+            if new != old:
+                changed.append((page, new))
+        for page, new in changed:
+            atomic_write_text(page, new)
+    return [page for page, _ in changed]

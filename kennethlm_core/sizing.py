@@ -2,8 +2,8 @@
 
 A model trained for a fixed time can be small and see many tokens, or large and see few; the
 best trade lies between, and where depends on the machine. The project's own runs of the
-record recipe at several sizes and token budgets (``benchmarks/size_rule.py``; the README's
-"The size rule" has the runs, the fit and its plot) fit the loss model of Hoffmann et al.
+record recipe at several sizes and token budgets (``benchmarks/size_rule.py``; docs/speed.md,
+"The size rule", has the runs, the fit and its plot) fit the loss model of Hoffmann et al.
 (2022),
 
     val_bpb(N, D) = E + A / N**alpha + B / D**beta,

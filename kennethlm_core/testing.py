@@ -1,6 +1,6 @@
 """The conformance kit: what every component of a slot must do, as ready-made pytest tests.
 
-A plugin package's tests use it in one line per component::
+A plugin package's tests use it in one line per component:
 
     from kennethlm_core.testing import conformance
 
@@ -12,28 +12,28 @@ The component is looked up through the registry by slot and name, so the package
 installed (``make test`` installs every package under ``plugins/``). It is built from a tiny
 configuration (``TINY``, then the settings given) and checked for its slot:
 
-==========  =================================================================================
-attention   output shape, dtype, device, causality (with and without a score bias), finite
-norm, mlp   gradients, determinism under a seed, dropout only in training, save/load round
-model       trip through safetensors (kennethlm_core.checkpoint); attention also: a score
-            bias is taken (``provides={"score_bias"}``) or refused with ValueError; norm and
-            mlp also: each position and sequence is processed on its own.
-posemb      the same, for ``embed``, ``rotate`` and ``score_bias``; positions do not depend on
-            the sequence length; a GPT built with it is causal and trains (finite gradients).
-optimizer   a few steps lower a loss; deterministic; parameters stay finite, in their dtype
-            and on their device; optimizer state survives a checkpoint round trip.
-schedule    the multiplier is finite and in [0, 1] over the whole budget, and lets training
-            happen; it is a pure function of (step, progress), so a resumed run gets the same.
-tokenizer   exact round trip of Danish text (æøå, newlines, tabs, emoji, unseen characters),
-            ids in range, a document token that carries no text, JSON save and restore,
-            deterministic training.
-corpus      documents are Documents with unique ids, in the same order on every pass, with a
-            stable fingerprint.
-task        evaluating a tiny untrained run gives a TaskResult of finite metrics, the same
-            twice. Set ``data`` and ``limit`` on a subclass to point the task at local files.
-tweak       a tiny GPT built with the tweak passes the model checks, differs from a plain
-            GPT of the same seed, and learns a simple sequence with AdamW.
-==========  =================================================================================
+- **attention, norm, mlp, model**: output shape, dtype, device, causality (with and without
+  a score bias), finite gradients, determinism under a seed, dropout only in training,
+  save/load round trip through safetensors (kennethlm_core.checkpoint); attention also: a
+  score bias is taken (``provides={"score_bias"}``) or refused with ValueError; norm and mlp
+  also: each position and sequence is processed on its own.
+- **posemb**: the same, for ``embed``, ``rotate`` and ``score_bias``; positions do not depend
+  on the sequence length; a GPT built with it is causal and trains (finite gradients).
+- **optimizer**: a few steps lower a loss; deterministic; parameters stay finite, in their
+  dtype and on their device; optimizer state survives a checkpoint round trip.
+- **schedule**: the multiplier is finite and in [0, 1] over the whole budget, and lets
+  training happen; it is a pure function of (step, progress), so a resumed run gets the same.
+- **tokenizer**: exact round trip of Danish text (æøå, newlines, tabs, emoji, unseen
+  characters), ids in range, a document token that carries no text, JSON save and restore,
+  deterministic training.
+- **corpus**: documents are Documents with unique ids, in the same order on every pass, with
+  a stable fingerprint.
+- **task**: evaluating a tiny untrained run gives a TaskResult of finite metrics, the same
+  twice. Set ``data`` and ``limit`` on a subclass to point the task at local files.
+- **tweak**: a tiny GPT built with the tweak passes the model checks, differs from a plain
+  GPT of the same seed, and learns a simple sequence with AdamW.
+- **callback**: a tiny run on the embedded sample trains with it, and a run stopped half
+  way and resumed ends exactly like one that was not stopped.
 
 A check that does not apply is not run; a check that fails says which component broke which
 rule. Subclass the returned class to add checks of your own, or set ``registry`` to test a

@@ -12,6 +12,17 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def copy_ledger(folder: Path) -> Path:
+    """registry.toml and the pages rendered from it (docs/results.md, README.md) copied into
+    ``folder``, laid out as in the repository: tests write the copies, never the real ones."""
+    import shutil
+
+    for name in ("registry.toml", "README.md", "docs/results.md"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, folder / name)
+    return folder / "registry.toml"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def klm_cache(tmp_path_factory):
     """Every test session gets its own token cache, so tests never see a user's cache."""

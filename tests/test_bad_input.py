@@ -387,7 +387,7 @@ def test_the_table_has_at_least_20_cases():
 
 def test_non_utf8_txt_is_replaced_and_reported_and_no_domain_is_one_domain(tmp_path, klm):
     """Not errors: a .txt with non-UTF-8 bytes trains, with one warning line counting them
-    (README, "Reliability"); a table without a 'domain' column is one domain, 'default'."""
+    (docs/reliability.md); a table without a 'domain' column is one domain, 'default'."""
     data = tmp_path / "data"
     data.mkdir()
     line = "Blåbærgrød med fløde er en dansk ret. "

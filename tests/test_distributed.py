@@ -3,7 +3,7 @@
 The same global batch and seed give the same loss curve within TOLERANCE (relative): the
 processes split each global batch and average their gradients, which changes only the order
 of floating-point additions. Measured on 2 CPU processes over 30 steps: the largest relative
-difference of train_loss and val_bpb was below 1e-7 (README, "Reliability").
+difference of train_loss and val_bpb was below 1e-7 (docs/reliability.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -25,7 +24,7 @@ from kennethlm_core.experiment import (
 )
 from kennethlm_core.provenance import core_files, hash_files
 
-from .conftest import PYTHON, REPO, SHARED_DATA, assert_one_line_error
+from .conftest import PYTHON, SHARED_DATA, assert_one_line_error, copy_ledger
 
 # -- statistics ------------------------------------------------------------------------------
 
@@ -195,10 +194,8 @@ TINY = [
 
 @pytest.fixture
 def ledger(tmp_path, monkeypatch):
-    """A temporary copy of registry.toml and README.md: tests never write the real ones."""
-    shutil.copy(REPO / "registry.toml", tmp_path / "registry.toml")
-    shutil.copy(REPO / "README.md", tmp_path / "README.md")
-    monkeypatch.setenv("KLM_REGISTRY", str(tmp_path / "registry.toml"))
+    """A temporary copy of registry.toml and its pages: tests never write the real ones."""
+    monkeypatch.setenv("KLM_REGISTRY", str(copy_ledger(tmp_path)))
     return tmp_path
 
 
@@ -249,7 +246,7 @@ def test_compare_trains_both_arms_reuses_finished_runs_and_records(tmp_path, klm
     assert entry["candidate"] == "--set lr=3e-3" and entry["verdict"] == summary["verdict"]
     assert entry["candidate_settings"] == {"lr": 3e-3} and entry["budget"] == {"steps": 10}
     assert entry["baseline_values"] == pytest.approx(values["baseline"], rel=1e-5)
-    assert "--set lr=3e-3" in (ledger / "README.md").read_text()
+    assert "--set lr=3e-3" in (ledger / "docs/results.md").read_text()
     assert entry["schema"] == 2 and entry["summarization"]["n"] == 20  # the secondary metric
     assert "load_avg_start" not in entry and len(again["load_avg_start"]) == 3  # not a time budget
     code, out, err = compare(klm, folder, "--record", *secondary)
@@ -399,7 +396,8 @@ def test_a_promotion_reports_both_arms_on_the_held_back_test_split(tmp_path, klm
         assert all("test split" in m["notes"] for m in on_test)
         assert values != summary["arms"][arm]["values"]  # another text than validation
     mean = entry["test_bpb"]["candidate_mean"]
-    assert f"| {mean:.4f} |" in (ledger / "README.md").read_text()  # in the record log
+    assert f"| {mean:.4f} |" in (ledger / "docs/results.md").read_text()  # in the record log
+    assert f"| {mean:.4f} |" in (ledger / "README.md").read_text()  # the current record
     assert "test split (reported, not deciding)" in out
 
 

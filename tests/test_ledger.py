@@ -1,12 +1,11 @@
 """The ledger re-measured: the lock on registry.toml, schema versions, the restarted record
 chain, the load average of time budgets and the secondary (non-deciding) metric. Every write
-goes to a temporary registry; the real registry.toml and README.md are only read."""
+goes to a temporary registry; the real registry.toml and its pages are only read."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -20,23 +19,22 @@ from kennethlm_core.config import load_recipe, load_registry_doc
 from kennethlm_core.errors import ConfigError, DataError
 from kennethlm_core.registry import (
     LEDGER_SCHEMA,
+    RESULTS_TABLES,
     append_experiment,
     entry_schema,
     ledger_entry,
     promote,
-    render_readme,
+    render_page,
     render_tables,
 )
 
-from .conftest import REPO, SHARED_DATA, assert_one_line_error
+from .conftest import REPO, SHARED_DATA, assert_one_line_error, copy_ledger
 from .test_registry import summary
 
 
 @pytest.fixture
 def copy(tmp_path, monkeypatch):
-    shutil.copy(REPO / "registry.toml", tmp_path / "registry.toml")
-    shutil.copy(REPO / "README.md", tmp_path / "README.md")
-    monkeypatch.setenv("KLM_REGISTRY", str(tmp_path / "registry.toml"))
+    monkeypatch.setenv("KLM_REGISTRY", str(copy_ledger(tmp_path)))
     return tmp_path
 
 
@@ -140,7 +138,9 @@ def test_a_write_waits_for_the_lock_and_gives_up_in_one_line(copy, monkeypatch):
 RECORDER = """
 import sys
 from pathlib import Path
-from kennethlm_core.registry import append_experiment, ledger_entry, ledger_lock, render_readme_file
+from kennethlm_core.registry import (
+    append_experiment, ledger_entry, ledger_lock, pages, render_files
+)
 sys.path.insert(0, sys.argv[3])
 from tests.test_registry import summary
 
@@ -149,15 +149,15 @@ for i in range(start, start + 1000):  # what klm compare --record does: append, 
     entry = ledger_entry(summary()) | {"name": f"kill-{i}", "baseline_values": [float(i)]}
     with ledger_lock(path):
         append_experiment(entry, path)
-        render_readme_file(path.parent / "README.md", path)
+        render_files(pages(path), path)
     print(i, flush=True)
 """
 
 
 def test_sigkill_while_recording_loses_no_entry(copy):
-    """A process recording entry after entry (append and README render under the lock) is
+    """A process recording entry after entry (append and the pages' render under the lock) is
     SIGKILLed at random moments: every entry it finished is in a ledger that still parses,
-    the README still renders from it, and the lock is free for the next process."""
+    the pages still render from it, and the lock is free for the next process."""
     import random
 
     path, rng, done = copy / "registry.toml", random.Random(3), []
@@ -178,7 +178,8 @@ def test_sigkill_while_recording_loses_no_entry(copy):
         assert len(set(names)) == len(names)  # none twice
         assert names[: len(done)] == [f"kill-{i}" for i in done]  # none lost, in order
         assert len(names) - len(done) <= 1  # at most the one killed before it said so
-        render_readme((copy / "README.md").read_text(), doc)  # the README is whole too
+        render_page((copy / "docs/results.md").read_text(), doc, RESULTS_TABLES)  # whole too
+        render_page((copy / "README.md").read_text(), doc)
         done = list(range(len(names)))  # the next process goes on after the last that landed
     assert append_experiment(entry(), path)  # the lock is not held by a dead process
 
@@ -250,24 +251,25 @@ def test_with_no_schema_2_entries_each_current_table_says_so_in_one_line():
     assert "| r4 | `--batch-size 24 --lr 2e-3 --set muon_lr=0.03` |" in tables["ledger-v1"]
 
 
-def test_readme_keeps_the_old_chain_in_its_own_section_after_the_negative_results():
-    readme = (REPO / "README.md").read_text()
-    negative = readme.index("## Negative results")
-    old = readme.index("## Measured on the old split and metric (schema 1)")
+def test_the_results_page_keeps_the_old_chain_in_its_own_section_after_the_negative_results():
+    page = (REPO / "docs/results.md").read_text()
+    negative = page.index("## Negative results")
+    old = page.index("## Measured on the old split and metric (schema 1)")
     begin, end = registry.MARKERS["ledger-v1"]
-    assert negative < old < readme.index(begin) < readme.index(end) < readme.index("## Recipes")
-    section = readme[readme.index(begin) : readme.index(end)]
-    assert "superseded" in readme[old : readme.index(begin)]
+    assert negative < old < page.index(begin) < page.index(end) < page.index("## Plots")
+    section = page[page.index(begin) : page.index(end)]
+    assert "superseded" in page[old : page.index(begin)]
     for n in range(5):
         assert f"| r{n} |" in section
 
 
-def test_a_readme_without_the_schema_1_markers_is_refused():
-    readme = (REPO / "README.md").read_text()
+def test_a_results_page_without_the_schema_1_markers_is_refused():
+    page = (REPO / "docs/results.md").read_text()
     begin, end = registry.MARKERS["ledger-v1"]
-    cut = readme[: readme.index(begin)] + readme[readme.index(end) + len(end) :]
-    with pytest.raises(ConfigError, match="ledger-v1"):
-        render_readme(cut, load_registry_doc(REPO / "registry.toml"))
+    cut = page[: page.index(begin)] + page[page.index(end) + len(end) :]
+    doc = load_registry_doc(REPO / "registry.toml")
+    with pytest.raises(ConfigError, match="results.md has no .* markers for the ledger-v1 table"):
+        render_page(cut, doc, RESULTS_TABLES, name="docs/results.md")
 
 
 # -- promotions and the restarted chain ------------------------------------------------------

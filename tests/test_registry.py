@@ -1,25 +1,27 @@
-"""The ledger in registry.toml and README's tables. Every write goes to a temporary copy; the
-real registry.toml and README.md are only read, to check that they agree."""
+"""The ledger in registry.toml and the tables rendered from it (docs/results.md, README's
+current record). Every write goes to a temporary copy; the real registry.toml and pages are
+only read, to check that they agree."""
 
 from __future__ import annotations
 
-import shutil
 import tomllib
 
 import pytest
 
+from kennethlm_core import registry
 from kennethlm_core.config import load_registry_doc
 from kennethlm_core.errors import ConfigError
 from kennethlm_core.registry import (
     append_experiment,
     component_status,
     ledger_entry,
+    pages,
     promote,
-    render_readme,
+    render_page,
     render_tables,
 )
 
-from .conftest import REPO
+from .conftest import REPO, assert_one_line_error, copy_ledger
 
 
 def summary(verdict="better", candidate="--posemb none", settings=None, delta=-0.012):
@@ -55,9 +57,7 @@ def summary(verdict="better", candidate="--posemb none", settings=None, delta=-0
 
 @pytest.fixture
 def copy(tmp_path, monkeypatch):
-    shutil.copy(REPO / "registry.toml", tmp_path / "registry.toml")
-    shutil.copy(REPO / "README.md", tmp_path / "README.md")
-    monkeypatch.setenv("KLM_REGISTRY", str(tmp_path / "registry.toml"))
+    monkeypatch.setenv("KLM_REGISTRY", str(copy_ledger(tmp_path)))
     return tmp_path
 
 
@@ -94,7 +94,7 @@ def test_a_failed_write_leaves_the_registry_as_it_was(copy, monkeypatch):
         append_experiment(ledger_entry(summary()), path)
     assert path.read_text() == before
     left = sorted(p.name for p in copy.iterdir() if p.name != "registry.toml.lock")
-    assert left == ["README.md", "registry.toml"]  # no temporary file
+    assert left == ["README.md", "docs", "registry.toml"]  # no temporary file
 
 
 def test_promote_makes_the_candidate_the_record_and_keeps_the_old_one(copy):
@@ -143,13 +143,13 @@ def test_an_earlier_result_is_promoted_until_the_record_changes(copy):
     assert path.read_text() == before
 
 
-def test_readme_tables_show_accepted_and_negative_results(copy):
+def test_the_results_page_shows_accepted_and_negative_results(copy):
     path = copy / "registry.toml"
     append_experiment(ledger_entry(summary()), path)
     append_experiment(ledger_entry(summary("inconclusive", "--set lr=2e-3", {"lr": 0.002})), path)
-    readme = render_readme((copy / "README.md").read_text(), load_registry_doc(path))
-    results = readme.split("## Results")[1].split("## Negative results")[0]
-    negative = readme.split("## Negative results")[1]
+    page = render_page((copy / "docs/results.md").read_text(), load_registry_doc(path))
+    results = page.split("## Accepted improvements")[1].split("## Negative results")[0]
+    negative = page.split("## Negative results")[1].split("## Measured on the old split")[0]
     row = next(line for line in results.splitlines() if line.startswith("| `--posemb none` |"))
     assert "| `record` r" in row and "| corpus=../shared/data/corpus | 600 steps | 5 | bpb |" in row
     assert "-0.0120 | [-0.0160, -0.0080] | 0.00012 | - | 2026-11-25 | abc123def456 |" in results
@@ -179,19 +179,84 @@ def test_the_record_log_lists_promotions_and_tables_name_the_record_measured_aga
     assert "| `record` r1 | corpus=../shared/data/corpus | 600 steps |" in negative  # no threads
 
 
-def test_readme_agrees_with_registry_toml():
+def test_the_pages_agree_with_registry_toml():
     """Fails when the ledger changed and `klm registry render` was not run."""
+    found = pages(REPO / "registry.toml")
+    assert [page.relative_to(REPO).as_posix() for page, _ in found] == [
+        "docs/results.md",
+        "README.md",
+    ]
+    doc = load_registry_doc(REPO / "registry.toml")
+    for page, tables in found:
+        text = page.read_text()
+        expected = render_page(text, doc, tables)
+        assert text == expected, f"{page.name}'s tables are stale: run klm registry render"
+
+
+def test_the_readme_shows_the_current_record_beside_the_baseline():
+    doc = load_registry_doc(REPO / "registry.toml")
     readme = (REPO / "README.md").read_text()
-    expected = render_readme(readme, load_registry_doc(REPO / "registry.toml"))
-    assert readme == expected, "README.md's results tables are stale: run klm registry render"
+    begin, end = registry.MARKERS["current-record"]
+    table = readme[readme.index(begin) + len(begin) : readme.index(end)].strip().splitlines()
+    chain = render_tables(doc)["record-log"].splitlines()
+    n = len(chain) - 3  # the header, its rule, r0
+    assert len(table) == 4 and table[2].startswith("| r0 | ")
+    assert table[3].startswith(f"| **r{n}** | ") and f"change (on r{n - 1})" in table[0]
+    last = chain[-1].split(" | ")
+    assert f"**{last[2]}**" in table[3] and last[1] in table[3]  # its val_bpb, its change
+    assert "results:begin" not in readme  # the ledger's tables are on the results page
+
+
+def test_the_current_record_is_the_last_promotion_of_the_schema():
+    rope = ledger_entry(summary(settings={"posemb": "rope"})) | {"promoted": True}
+    rope["test_bpb"] = {"baseline_mean": 3.25, "candidate_mean": 3.2468}
+    assert render_tables({"experiments": [rope]})["current-record"].splitlines()[2:] == [
+        "| r0 | 3.1800 | 3.2500 | the baseline recipe | | | | |",
+        "| **r1** | **3.1680** | 3.2468 | `--posemb none` | -0.0120 | [-0.0160, -0.0080] "
+        "| 600 steps, 5 seeds, corpus=../shared/data/corpus | 2026-11-25 |",
+    ]
+    lone = ledger_entry(summary("worse", "--set lr=1e-2", {"lr": 0.01}))
+    assert render_tables({"experiments": [lone]})["current-record"] == (
+        "The baseline recipe: no promotions on ledger schema 2 yet."
+    )
 
 
 def test_registry_render_command_checks_and_updates(copy, klm):
     assert klm("registry", "render", "--check")[0] == 0
     append_experiment(ledger_entry(summary()), copy / "registry.toml")
     code, out, err = klm("registry", "render", "--check")
-    assert code == 1 and "disagrees" in err
+    assert code == 1 and "docs/results.md disagrees" in err
+    readme = (copy / "README.md").read_text()
     code, out, err = klm("registry", "render")
-    assert code == 0 and "updated" in out
-    assert "`--posemb none`" in (copy / "README.md").read_text()
+    assert code == 0, err
+    assert f"updated {copy / 'docs/results.md'}" in out
+    assert f"already up to date: {copy / 'README.md'}" in out  # not promoted: the same record
+    assert "`--posemb none`" in (copy / "docs/results.md").read_text()
+    assert (copy / "README.md").read_text() == readme
     assert klm("registry", "render", "--check")[0] == 0
+
+
+def test_registry_render_into_a_page_of_ones_own(copy, klm):
+    mine = copy / "mine.md"
+    begin, end = registry.MARKERS["record-log"]
+    mine.write_text(f"# My notes\n\n{begin}\nold\n{end}\n\nthe end\n")
+    code, out, err = klm("registry", "render", "--page", str(mine))
+    assert code == 0, err
+    text = mine.read_text()
+    assert text.startswith("# My notes\n\n") and text.endswith(f"{end}\n\nthe end\n")
+    assert "| r1 | `--posemb rope` |" in text and "old" not in text
+
+    plain = copy / "plain.md"
+    plain.write_text("# no markers\n")
+    code, out, err = klm("registry", "render", "--page", str(plain))
+    assert_one_line_error(code, err, "plain.md has no klm registry render markers")
+    assert plain.read_text() == "# no markers\n"
+    code, out, err = klm("registry", "render", "--page", str(copy / "absent.md"))
+    assert_one_line_error(code, err, "absent.md does not exist")
+
+
+def test_without_a_results_page_render_says_where_it_looked(copy, klm):
+    (copy / "docs/results.md").unlink()
+    (copy / "README.md").write_text("# a README without markers\n")
+    code, out, err = klm("registry", "render")
+    assert_one_line_error(code, err, "docs/results.md does not exist; give the page with --page")
