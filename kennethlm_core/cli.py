@@ -117,7 +117,7 @@ def run_options(f):
             "repeatable. Replaces the recipe's loggers.",
         ),
         click.option("--vocab-size", type=int, help="Tokenizer vocabulary size (0: its default)."),
-        click.option("--corpus", help="A corpus name (sample, dagw, dynaword) or a path."),
+        click.option("--corpus", help="Corpus: sample, dagw, dynaword, hf:OWNER/NAME or a path."),
         click.option(
             "--mix",
             help="Domain weights for training batches: books=0.5,speech=0.5 (domains left out "
@@ -634,7 +634,7 @@ def data():
 
 
 @data.command("stats")
-@click.option("--corpus", help="A corpus name (sample, dagw, dynaword) or a path.")
+@click.option("--corpus", help="Corpus: sample, dagw, dynaword, hf:OWNER/NAME or a path.")
 @click.option("--tokenizer", help="The tokenizer (klm list-plugins --slot tokenizer).")
 @click.option("--vocab-size", type=int, help="Tokenizer vocabulary size (0: its default).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any setting.")

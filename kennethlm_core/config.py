@@ -479,13 +479,16 @@ def corpus_component(corpus: str, registry: Any) -> Any:
     names = registry.names("corpus")
     if corpus in names:
         return registry.get("corpus", corpus)
+    if corpus.startswith("hf:"):  # any hub dataset, hf:OWNER/NAME[:CONFIG]
+        return registry.get("corpus", "hf")
     if looks_like_path(corpus):
         return registry.get("corpus", "path")
     close = difflib.get_close_matches(corpus, names, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise ConfigError(
         f"corpus '{corpus}' is neither a registered corpus nor an existing file or folder; "
-        f"{hint}corpora: {', '.join(n for n in names if n != 'path')}, or a path"
+        f"{hint}corpora: {', '.join(n for n in names if n not in ('path', 'hf'))}, "
+        "hf:OWNER/NAME[:CONFIG] (a hub dataset), or a path"
     )
 
 

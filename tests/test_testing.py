@@ -29,6 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 NOT_HERE = {
     ("corpus", "dagw"): "needs the Hugging Face hub",
     ("corpus", "dynaword"): "needs the Hugging Face hub",
+    ("corpus", "hf"): "needs a hub dataset; tests/test_hf_corpus.py runs the kit on a local copy",
     ("mlp", "none"): "builds no sublayer; tests/test_combinations.py trains a GPT without it",
 }
 SETTINGS = {("corpus", "path"): {"corpus": str(SAMPLE)}}

@@ -92,6 +92,13 @@ def klm_register_corpus(register):
         "Danish Dynaword, HF hub, sources mapped to domains",
         options=hub,
     )
+    columns = {"text_column": "text", "domain_column": ""}
+    register(
+        "hf",
+        corpora.hf,
+        "any HF hub dataset with a text column: --corpus hf:OWNER/NAME[:CONFIG]",
+        options={k: v for k, v in hub.items() if k != "hub_sources"} | columns,
+    )
 
 
 @hookimpl

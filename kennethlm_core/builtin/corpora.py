@@ -1,4 +1,5 @@
-"""Corpora: local files read with `datasets`, the embedded Danish sample, and the hub corpora.
+"""Corpora: local files read with `datasets`, the embedded Danish sample, the hub corpora, and
+any hub dataset with a text column (``hf:OWNER/NAME[:CONFIG]``).
 
 A local corpus is a file, a folder (searched recursively) or a glob of .jsonl, .jsonl.gz,
 .json, .parquet or .txt files. Tables need a ``text`` column; ``domain`` and ``id`` are
@@ -12,6 +13,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -178,6 +180,7 @@ class HubCorpus(Corpus):
     """
 
     AGGREGATES = ("default", "meta")
+    text_column = "text"
 
     def __init__(
         self,
@@ -211,7 +214,8 @@ class HubCorpus(Corpus):
 
         from kennethlm_core.data import build_once, cache_root
 
-        snapshot = cache_root() / "hub" / f"{self.name}-{self.fingerprint()}"
+        folder = re.sub(r"[^\w.-]+", "-", self.name)  # hf:owner/name:config -> hf-owner-name-config
+        snapshot = cache_root() / "hub" / f"{folder}-{self.fingerprint()}"
         build_once(snapshot, lambda: _snapshot_rows(snapshot) > 0, lambda: self._download(snapshot))
         for file in sorted(snapshot.glob("*.parquet")):
             source = file.stem.split("-", 1)[-1]  # written as NNNN-<source>.parquet
@@ -238,14 +242,7 @@ class HubCorpus(Corpus):
         )
         where = self.path or self.repo
         with self._hub_errors():
-            configs = datasets.get_dataset_config_names(where)
-        sources = [c for c in configs if c not in self.AGGREGATES]
-        unknown = [s for s in self.sources if s not in sources]
-        if unknown:
-            raise DataError(
-                f"{self.name} has no source '{unknown[0]}'; its sources: {', '.join(sources)}"
-            )
-        chosen = self.sources or sources
+            chosen = self._chosen(datasets.get_dataset_config_names(where))
         snapshot.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=snapshot.parent))
         try:
@@ -268,12 +265,27 @@ class HubCorpus(Corpus):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def _chosen(self, configs: list[str]) -> list[str]:
+        """The configs to read: those asked for (``sources``), else all but the aggregates."""
+        sources = [c for c in configs if c not in self.AGGREGATES]
+        unknown = [s for s in self.sources if s not in sources]
+        if unknown:
+            raise DataError(
+                f"{self.name} has no source '{unknown[0]}'; its sources: {', '.join(sources)}"
+            )
+        return self.sources or sources
+
+    def _check_columns(self, row: dict) -> None:
+        """Called with each source's first row; the curated corpora need no check."""
+
     def _stream(self, datasets, where: str, source: str) -> Iterator[dict[str, str]]:
         seen = 0
         with self._hub_errors():
             stream = datasets.load_dataset(where, source, split="train", streaming=True)
             for n, row in enumerate(stream):
-                text = row.get("text") or ""
+                if n == 0:
+                    self._check_columns(row)
+                text = row.get(self.text_column) or ""
                 if not text:
                     continue
                 yield {
@@ -290,8 +302,7 @@ class HubCorpus(Corpus):
     def _domain(self, row: dict, source: str) -> str:
         meta = row.get("metadata")
         label = row.get("domain") or (meta.get("domain") if isinstance(meta, dict) else None)
-        label = str(label or self.domains.get(source) or source).strip().lower()
-        return DOMAIN_LABELS.get(label, label.replace(" ", "-"))
+        return domain_label(label or self.domains.get(source) or source)
 
     @contextmanager
     def _hub_errors(self):
@@ -307,6 +318,115 @@ class HubCorpus(Corpus):
                 "offline, download it elsewhere and pass --corpus PATH "
                 "(or --set hub_path=DIR for a copy of the dataset repository)"
             ) from None
+
+
+class HubDataset(HubCorpus):
+    """Any hub dataset with a text column: ``--corpus hf:OWNER/NAME[:CONFIG]``.
+
+    One config is read: the one named, else the dataset's only config (or its "default"). The
+    text is the column ``text_column``; the domain is the value of ``domain_column`` (lower-cased
+    like the hub corpora's labels), or, without one, the dataset's name, a single domain. Its
+    snapshot, ``path`` and ``max_bytes`` work as for HubCorpus; the fingerprint covers the
+    dataset, the config and both columns.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        text_column: str = "text",
+        domain_column: str = "",
+        path: str = "",
+        max_bytes: int = 0,
+    ):
+        repo, config = parse_hf_spec(spec)
+        super().__init__(repo, spec, path=path, max_bytes=max_bytes)
+        self.sources = [config] if config else []  # a config name is one name, commas and all
+        self.text_column, self.domain_column = text_column, domain_column
+        self.single_domain = domain_label(repo.split("/")[1])
+
+    def fingerprint(self) -> str:
+        columns = f"{super().fingerprint()}\0{self.text_column}\0{self.domain_column}"
+        return hashlib.sha256(columns.encode()).hexdigest()[:16]
+
+    def _chosen(self, configs: list[str]) -> list[str]:
+        if self.sources:
+            if self.sources[0] not in configs:
+                raise DataError(
+                    f"{self.repo} has no config '{self.sources[0]}'; its configs: "
+                    f"{', '.join(configs)}"
+                )
+            return self.sources
+        if len(configs) == 1:
+            return configs
+        if "default" in configs:
+            return ["default"]
+        raise DataError(
+            f"{self.repo} has {len(configs)} configs ({', '.join(configs)}); choose one: "
+            f"--corpus hf:{self.repo}:{configs[0]}"
+        )
+
+    def _check_columns(self, row: dict) -> None:
+        columns = ", ".join(row)
+        if self.text_column not in row:
+            raise DataError(
+                f"{self.name} has no column '{self.text_column}' (its columns: {columns}); "
+                "name the text column with --set text_column=COLUMN"
+            )
+        value = row[self.text_column]
+        if value is not None and not isinstance(value, str):
+            texts = ", ".join(c for c, v in row.items() if isinstance(v, str)) or "none"
+            raise DataError(
+                f"column '{self.text_column}' of {self.name} holds {type(value).__name__}, "
+                f"not text; name a text column with --set text_column=COLUMN (its text "
+                f"columns: {texts})"
+            )
+        if self.domain_column and self.domain_column not in row:
+            raise DataError(
+                f"{self.name} has no column '{self.domain_column}' (its columns: {columns}); "
+                "name the domain column with --set domain_column=COLUMN, or leave it out for "
+                "one domain"
+            )
+
+    def _domain(self, row: dict, source: str) -> str:
+        label = row.get(self.domain_column) if self.domain_column else None
+        return domain_label(label) if label not in (None, "") else self.single_domain
+
+
+HF_SPEC = "hf:OWNER/NAME or hf:OWNER/NAME:CONFIG"
+
+
+def parse_hf_spec(spec: str) -> tuple[str, str]:
+    """'hf:owner/name:config' -> ('owner/name', 'config'); the config may be left out."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo, colon, config = spec.removeprefix("hf:").partition(":")
+    problem = ""
+    if not spec.startswith("hf:"):
+        problem = "it names no dataset"
+    elif repo.count("/") != 1:
+        problem = "the dataset must be OWNER/NAME"
+    elif colon and not config.strip():
+        problem = "the config after ':' is empty"
+    else:
+        try:
+            validate_repo_id(repo)
+        except HFValidationError:
+            problem = (
+                "a dataset name has letters, digits, '-', '_' and '.' (no '--' or '..', "
+                "at most 96 characters)"
+            )
+    if problem:
+        raise DataError(
+            f"malformed hub corpus '{spec}': {problem}; give --corpus {HF_SPEC} "
+            "(for example hf:wikimedia/wikipedia:20231101.da)"
+        )
+    return repo, config.strip()
+
+
+def domain_label(value) -> str:
+    """A domain as klm names it: lower case, spaces as '-', DAGW's two long labels short."""
+    label = str(value).strip().lower()
+    return DOMAIN_LABELS.get(label, label.replace(" ", "-"))
 
 
 DOMAIN_LABELS = {"wiki & books": "books", "social media": "social"}
@@ -407,3 +527,13 @@ def dagw(cfg) -> HubCorpus:
 
 def dynaword(cfg) -> HubCorpus:
     return _hub(cfg, "danish-foundation-models/danish-dynaword", "dynaword", DYNAWORD_DOMAINS)
+
+
+def hf(cfg) -> HubDataset:
+    return HubDataset(
+        cfg.corpus,
+        text_column=cfg.get("text_column", "text"),
+        domain_column=cfg.get("domain_column", ""),
+        path=cfg.get("hub_path", ""),
+        max_bytes=cfg.get("hub_max_bytes", 0),
+    )
