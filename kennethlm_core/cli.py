@@ -416,7 +416,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 def list_plugins(ctx, as_json, slot):
     """Every component by slot, with its distribution, version and status in registry.toml."""
     from kennethlm_core.config import load_registry_doc
-    from kennethlm_core.registry import component_status
+    from kennethlm_core.ledger import component_status
 
     registry = _registry(ctx)
     if slot is not None:
@@ -950,7 +950,7 @@ def compare(
     )
     _print_comparison(summary)
     if summary.get("secondary"):
-        from kennethlm_core.registry import secondary_cell, secondary_entry
+        from kennethlm_core.ledger import secondary_cell, secondary_entry
 
         sec = summary["secondary"]
         cell = secondary_cell({sec["task"]: secondary_entry(sec)}, sec["task"])
@@ -1000,14 +1000,14 @@ def _print_comparison(s: dict[str, Any]) -> None:
 
 def _record(summary: dict[str, Any], promote: bool) -> None:
     from kennethlm_core.config import registry_path
-    from kennethlm_core.registry import (
+    from kennethlm_core.ledger import (
         append_experiment,
         ledger_entry,
         ledger_lock,
         test_scored_before,
         test_scores,
     )
-    from kennethlm_core.registry import promote as promote_entry
+    from kennethlm_core.ledger import promote as promote_entry
 
     path = registry_path()
     entry = ledger_entry(summary)
@@ -1052,7 +1052,7 @@ def _test_bpb(run: Path) -> float:
 def _render_pages(path: Path) -> None:
     """Keep the results page and README's current record in step with the ledger, where they
     are beside it."""
-    from kennethlm_core.registry import pages, render_files
+    from kennethlm_core.ledger import pages, render_files
 
     for page in render_files(pages(path), path):
         click.echo(f"updated the results tables in {page}")
@@ -1320,7 +1320,7 @@ def registry():
 def registry_render(page_paths, check):
     """Write the ledger's tables into the results page (docs/results.md) and README.md."""
     from kennethlm_core.config import load_registry_doc, registry_path
-    from kennethlm_core.registry import RESULTS_PAGE, pages, render_files, render_page
+    from kennethlm_core.ledger import RESULTS_PAGE, pages, render_files, render_page
 
     path = registry_path()
     for page in page_paths:
@@ -1364,7 +1364,7 @@ def registry_reset_record(keep_as):
     first comparison against the record on the current schema.
     """
     from kennethlm_core.config import registry_path
-    from kennethlm_core.registry import LEDGER_SCHEMA, reset_record
+    from kennethlm_core.ledger import LEDGER_SCHEMA, reset_record
 
     path = registry_path()
     kept = reset_record(path, keep_as)

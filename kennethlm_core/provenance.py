@@ -122,6 +122,7 @@ NOT_COMPUTING = {
     "hub_code/configuration_kennethlm.py",
     "hub_code/modeling_kennethlm.py",
     "ladder.py",
+    "ledger.py",
     "plots.py",
     "provenance.py",
     "publish.py",

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kennethlm_core import experiment, registry
+from kennethlm_core import experiment, ledger
 from kennethlm_core.config import load_recipe, load_registry_doc
 from kennethlm_core.errors import ConfigError, DataError
-from kennethlm_core.registry import (
+from kennethlm_core.ledger import (
     LEDGER_SCHEMA,
     RESULTS_TABLES,
     append_experiment,
@@ -53,20 +53,20 @@ def entry(verdict="better", schema=LEDGER_SCHEMA, **changes):
 
 def writer(path: str, index: int, barrier, locked: bool, times) -> None:
     """One process's append (in a forked child): released with the others by ``barrier``."""
-    read = registry._read
+    read = ledger._read
 
     def slow_read(p):  # widen the window between reading the ledger and writing it back
         doc = read(p)
         time.sleep(0.1)
         return doc
 
-    registry._read = slow_read
+    ledger._read = slow_read
     if not locked:
-        registry.ledger_lock = lambda path=None: contextlib.nullcontext()
+        ledger.ledger_lock = lambda path=None: contextlib.nullcontext()
     e = {"schema": 2, "name": f"writer-{index}", "baseline_values": [index]}
     barrier.wait(timeout=20)
     start = time.time()
-    registry.append_experiment(e | {"candidate_values": [index], "verdict": "worse"}, Path(path))
+    ledger.append_experiment(e | {"candidate_values": [index], "verdict": "worse"}, Path(path))
     times[index] = (start, time.time())
 
 
@@ -112,7 +112,7 @@ def test_a_write_waits_for_the_lock_and_gives_up_in_one_line(copy, monkeypatch):
         [
             sys.executable,
             "-c",
-            "import sys, time; from kennethlm_core.registry import ledger_lock\n"
+            "import sys, time; from kennethlm_core.ledger import ledger_lock\n"
             "with ledger_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)",
             str(path),
         ],
@@ -123,7 +123,7 @@ def test_a_write_waits_for_the_lock_and_gives_up_in_one_line(copy, monkeypatch):
     try:
         assert holder.stdout.readline().strip() == "held"
         assert (copy / "registry.toml.lock").exists()  # beside registry.toml
-        monkeypatch.setattr(registry, "LOCK_TIMEOUT_S", 0.3)
+        monkeypatch.setattr(ledger, "LOCK_TIMEOUT_S", 0.3)
         before = path.read_text()
         t0 = time.perf_counter()
         with pytest.raises(ConfigError, match="registry.toml.lock"):
@@ -138,7 +138,7 @@ def test_a_write_waits_for_the_lock_and_gives_up_in_one_line(copy, monkeypatch):
 RECORDER = """
 import sys
 from pathlib import Path
-from kennethlm_core.registry import (
+from kennethlm_core.ledger import (
     append_experiment, ledger_entry, ledger_lock, pages, render_files
 )
 sys.path.insert(0, sys.argv[3])
@@ -255,7 +255,7 @@ def test_the_results_page_keeps_the_old_chain_in_its_own_section_after_the_negat
     page = (REPO / "docs/results.md").read_text()
     negative = page.index("## Negative results")
     old = page.index("## Measured on the old split and metric (schema 1)")
-    begin, end = registry.MARKERS["ledger-v1"]
+    begin, end = ledger.MARKERS["ledger-v1"]
     assert negative < old < page.index(begin) < page.index(end) < page.index("## Plots")
     section = page[page.index(begin) : page.index(end)]
     assert "superseded" in page[old : page.index(begin)]
@@ -265,7 +265,7 @@ def test_the_results_page_keeps_the_old_chain_in_its_own_section_after_the_negat
 
 def test_a_results_page_without_the_schema_1_markers_is_refused():
     page = (REPO / "docs/results.md").read_text()
-    begin, end = registry.MARKERS["ledger-v1"]
+    begin, end = ledger.MARKERS["ledger-v1"]
     cut = page[: page.index(begin)] + page[page.index(end) + len(end) :]
     doc = load_registry_doc(REPO / "registry.toml")
     with pytest.raises(ConfigError, match="results.md has no .* markers for the ledger-v1 table"):
@@ -364,7 +364,7 @@ def test_reset_record_is_refused_once_schema_2_comparisons_measured_the_record(u
     append_experiment(ledger_entry(summary("inconclusive")), path)
     before = path.read_text()
     with pytest.raises(ConfigError, match="reset before measuring against it"):
-        registry.reset_record(path)
+        ledger.reset_record(path)
     assert path.read_text() == before
 
 

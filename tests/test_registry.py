@@ -8,10 +8,10 @@ import tomllib
 
 import pytest
 
-from kennethlm_core import registry
+from kennethlm_core import ledger
 from kennethlm_core.config import load_registry_doc
 from kennethlm_core.errors import ConfigError
-from kennethlm_core.registry import (
+from kennethlm_core.ledger import (
     append_experiment,
     component_status,
     ledger_entry,
@@ -196,7 +196,7 @@ def test_the_pages_agree_with_registry_toml():
 def test_the_readme_shows_the_current_record_beside_the_baseline():
     doc = load_registry_doc(REPO / "registry.toml")
     readme = (REPO / "README.md").read_text()
-    begin, end = registry.MARKERS["current-record"]
+    begin, end = ledger.MARKERS["current-record"]
     table = readme[readme.index(begin) + len(begin) : readme.index(end)].strip().splitlines()
     chain = render_tables(doc)["record-log"].splitlines()
     n = len(chain) - 3  # the header, its rule, r0
@@ -238,7 +238,7 @@ def test_registry_render_command_checks_and_updates(copy, klm):
 
 def test_registry_render_into_a_page_of_ones_own(copy, klm):
     mine = copy / "mine.md"
-    begin, end = registry.MARKERS["record-log"]
+    begin, end = ledger.MARKERS["record-log"]
     mine.write_text(f"# My notes\n\n{begin}\nold\n{end}\n\nthe end\n")
     code, out, err = klm("registry", "render", "--page", str(mine))
     assert code == 0, err
