@@ -111,3 +111,19 @@ def test_klm_reads_a_hub_copy_and_refuses_a_folder_that_is_not_one(klm, dynaword
     assert set(json.loads(out)["domains"]) == {"legal", "news", "nyt-sted", "encyclopedic", "total"}
     code, out, err = klm(*args, "--set", f"hub_path={tmp_path / 'data'}")
     assert_one_line_error(code, err, "is not a copy of a dataset repository")
+
+
+def test_a_hub_copy_moved_elsewhere_keeps_its_fingerprint_and_a_changed_byte_does_not(
+    dagw_copy, tmp_path_factory
+):
+    import shutil
+
+    repo = "danish-foundation-models/danish-gigaword"
+    moved = tmp_path_factory.mktemp("elsewhere") / "copy"
+    shutil.copytree(dagw_copy, moved)  # new place, new file times
+    first = HubCorpus(repo, "dagw", path=dagw_copy).fingerprint()
+    assert HubCorpus(repo, "dagw", path=moved).fingerprint() == first
+    assert HubCorpus(repo, "dagw", path=moved, sources="adl").fingerprint() != first
+    data = next(f for f in sorted(moved.rglob("*.jsonl*")) if f.is_file())
+    data.write_bytes(data.read_bytes() + b"\n")
+    assert HubCorpus(repo, "dagw", path=moved).fingerprint() != first
