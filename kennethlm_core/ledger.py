@@ -23,8 +23,9 @@ r1, ... count promotions of that schema); schema-1 entries are shown apart, as h
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -672,3 +673,57 @@ def render_files(
         for page, new in changed:
             atomic_write_text(page, new)
     return [page for page, _ in changed]
+
+
+# -- recording a comparison (klm compare --record / --promote) -------------------------------
+
+
+def record(
+    summary: dict[str, Any],
+    promote_it: bool,
+    path: Path | None = None,
+    say: Callable[[str], None] = print,
+    warn: Callable[[str], None] = print,
+) -> None:
+    """Append a comparison's result (its summary.json) to the ledger; with ``promote_it`` and a
+    better verdict, score the held-back test split and make the candidate the record; then
+    re-render the pages beside the ledger. The append, the promotion and the render hold the
+    ledger's lock as one step."""
+    path = path or registry_path()
+    entry = ledger_entry(summary)
+    test = None
+    if promote_it and summary["verdict"] == "better":  # a record reports its test figure
+        # the baseline arm is the previous record, scored when it was promoted (the same
+        # recipe and seeds); only the chain's first promotion scores its baseline too
+        arms = ("candidate",) if test_scored_before(path) else ("baseline", "candidate")
+        test = test_scores(summary, test_bpb, arms)
+        say(
+            "test split (reported, not deciding): "
+            + ", ".join(f"{arm} {test[f'{arm}_mean']:.4f}" for arm in arms)
+        )
+    with ledger_lock(path):
+        if append_experiment(entry, path):
+            say(f"recorded in {path} ({summary['verdict']})")
+        else:
+            say(f"{path} has this result already; not recorded again")
+        if promote_it and summary["verdict"] != "better":
+            warn(
+                f"klm: not promoted: the verdict is {summary['verdict']}; only a better "
+                "candidate becomes the record"
+            )
+        elif promote_it:
+            run = Path(summary["arms"]["candidate"]["runs"][0])
+            config = json.loads((run / "config.json").read_text())
+            promote(entry, config, path, test=test)
+            say(f"promoted: {summary['candidate']} is part of the record recipe now")
+        for page in render_files(pages(path), path):
+            say(f"updated the results tables in {page}")
+
+
+def test_bpb(run: Path) -> float:
+    """A run's bits per byte on its corpus' test split (cached in its eval.json)."""
+    from kennethlm_core.evaluate import run_tasks  # imports torch: not at the top, for --help
+
+    cached = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else {}
+    result = cached.get("bpb/test") or run_tasks(run, ["bpb"], split="test")["bpb/test"]
+    return float(result["metrics"]["bpb"]["value"])

@@ -112,17 +112,17 @@ def _hash(files: tuple[tuple[str, Path], ...]) -> str:
 
 
 # Core modules that never compute a run's numbers: the command line, reports, comparisons
-# and ledgers, scaffolding, export and this module. Editing them leaves runs comparable.
+# and ledgers, scaffolding, export, loggers and this module (a name ending in / is a folder).
+# Editing them leaves runs comparable.
 NOT_COMPUTING = {
     "__main__.py",
-    "cli.py",
+    "cli/",
     "experiment.py",
     "export.py",
-    "hub_code/__init__.py",
-    "hub_code/configuration_kennethlm.py",
-    "hub_code/modeling_kennethlm.py",
+    "hub_code/",
     "ladder.py",
     "ledger.py",
+    "loggers.py",
     "plots.py",
     "provenance.py",
     "publish.py",
@@ -130,14 +130,22 @@ NOT_COMPUTING = {
     "runlock.py",
     "scaffold.py",
     "sweep.py",
+    "templates/",
     "testing.py",
 }
+
+
+def computes(name: str) -> bool:
+    """Whether the core file ``name`` (relative to kennethlm_core/) can change a run's numbers."""
+    return name not in NOT_COMPUTING and not any(
+        name.startswith(d) for d in NOT_COMPUTING if d.endswith("/")
+    )
 
 
 def core_files() -> list[tuple[str, Path]]:
     """The .py files of kennethlm_core that compute runs (all but NOT_COMPUTING) and its
     package data (the sample corpus)."""
-    code = [p for p in CORE.rglob("*.py") if p.relative_to(CORE).as_posix() not in NOT_COMPUTING]
+    code = [p for p in CORE.rglob("*.py") if computes(p.relative_to(CORE).as_posix())]
     paths = [*code, *(p for p in (CORE / "sample").glob("*") if p.is_file())]
     return [(p.relative_to(CORE.parent).as_posix(), p) for p in paths]
 
