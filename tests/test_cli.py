@@ -241,3 +241,39 @@ def test_hub_corpus_offline_points_to_a_local_path(klm, monkeypatch, tmp_path):
     code, out, err = klm("run", "--corpus", "dagw", "--steps", "1", "--out", tmp_path / "r", "-q")
     assert_one_line_error(code, err, "danish-foundation-models/danish-gigaword", "--corpus PATH")
     assert not (tmp_path / "r").exists()  # a failed start leaves nothing behind
+
+
+ARMS = [
+    ["--posemb", "rope", "--tweak", "qk-norm", "--tweak", "softcap", "--n-layer", "6"],
+    ["--recipe", "record", "--lr=3e-3", "--set", "muon_lr=0.03", "--steps", "2k"],
+    ["--compile", "--time", "15m", "--size", "auto", "--mix", "temperature=0.5"],
+    ["--no-compile", "--callback", "ema", "--logger", "tensorboard", "--dropout", "0.1"],
+    [],
+]
+
+
+@pytest.mark.parametrize("words", ARMS)
+def test_an_arms_text_reads_as_the_command_line_reads_it(words):
+    """klm compare's arms are parsed without click (config.parse_args); the flags of klm run
+    are made by click from the same table (config.FLAGS): both give the same settings."""
+    import click
+
+    from kennethlm_core.cli import overrides_from, run_options
+    from kennethlm_core.config import parse_args
+
+    @click.command()
+    @run_options
+    def command(**params):
+        pass
+
+    ctx = command.make_context("run", list(words))
+    assert parse_args(words) == overrides_from(ctx.params)
+
+
+def test_every_run_flag_is_a_runconfig_field_of_its_type():
+    from kennethlm_core.config import FLAGS, RunConfig, flag_type
+
+    fields = RunConfig().to_dict()
+    for key in FLAGS:
+        assert key in fields, key
+        assert flag_type(key) in (str, type(fields[key])), key

@@ -13,8 +13,6 @@ import click
 from kennethlm_core import logs
 from kennethlm_core.errors import KLMError
 
-SLOT_FLAGS = ("model", "attention", "posemb", "norm", "mlp", "optimizer", "schedule", "tokenizer")
-
 
 def _console(stderr: bool = False):
     from rich.console import Console

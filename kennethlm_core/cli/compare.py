@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from kennethlm_core import ledger
 from kennethlm_core.cli.base import _console, _disabled, _registry, cli
 from kennethlm_core.cli.options import (
     overrides_from,
@@ -29,9 +30,7 @@ def _arm(option: str, text: str):
         return Arm(text, recipe=text or None)
     try:
         recipe, overrides = parse_run_args(shlex.split(text))
-    except click.UsageError as e:
-        raise KLMError(f"--{option} '{text}': {e.format_message()}") from None
-    except ValueError as e:
+    except (KLMError, ValueError) as e:  # a flag parse_args does not know; shlex's quotes
         raise KLMError(f"--{option} '{text}': {e}") from None
     return Arm(text, recipe, overrides)
 
@@ -209,7 +208,7 @@ def compare(
         click.echo(f"{sec['task']} (not deciding, {sec['n']} examples a run): {cell}")
     click.echo(f"written to {folder / 'summary.json'} and {folder / 'trajectories.png'}")
     if record or promote:
-        record(summary, promote, say=click.echo, warn=lambda m: print(m, file=sys.stderr))
+        ledger.record(summary, promote, say=click.echo, warn=lambda m: print(m, file=sys.stderr))
 
 
 compare.help = compare.help.replace("{steps}", str(STANDARD_STEPS))
