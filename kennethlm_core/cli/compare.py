@@ -11,6 +11,7 @@ import click
 from kennethlm_core import ledger
 from kennethlm_core.cli.base import _console, _disabled, _registry, cli
 from kennethlm_core.cli.options import (
+    many_runs_options,
     overrides_from,
     parse_run_args,
     run_options,
@@ -83,23 +84,6 @@ def _arm(option: str, text: str):
     type=click.Path(path_type=Path),
     help="Start both arms from this run's checkpoint (the baseline arm is the control).",
 )
-@click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel.")
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    help="Experiment folder (default experiments/<baseline>-vs-<candidate>-...).",
-)
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Replace runs made with another configuration, or with other code or data.",
-)
-@click.option(
-    "--allow-changes",
-    is_flag=True,
-    help="Reuse or resume runs whose code or data changed since they ran (recorded in "
-    "summary.json).",
-)
 @click.option("--record", is_flag=True, help="Append the result to registry.toml's ledger.")
 @click.option("--promote", is_flag=True, help="If better: make the candidate the record recipe.")
 @click.option(
@@ -110,7 +94,7 @@ def _arm(option: str, text: str):
     "../shared/data/eval, or the task's own file or folder. Default: the task's own data (its "
     "hub set); 'none': record without it. Checked before training.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="Only the result table.")
+@many_runs_options("Experiment folder (default experiments/<baseline>-vs-<candidate>-...).")
 @click.pass_context
 def compare(
     ctx,

@@ -3,6 +3,7 @@ them into settings (``overrides_from``) or back into a command line (``run_comma
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -31,6 +32,34 @@ def run_options(f):
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def many_runs_options(folder: str):
+    """--jobs, --out, --force, --allow-changes and -q: the flags of a command that trains many
+    runs into one folder (klm compare, klm ladder, klm sweep); ``folder`` is --out's help."""
+    opts = [
+        click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel."),
+        click.option("--out", type=click.Path(path_type=Path), help=folder),
+        click.option(
+            "--force",
+            is_flag=True,
+            help="Replace runs made with another configuration, or with other code or data.",
+        ),
+        click.option(
+            "--allow-changes",
+            is_flag=True,
+            help="Reuse or resume runs whose code or data changed since they ran (recorded in "
+            "summary.json).",
+        ),
+        click.option("-q", "--quiet", is_flag=True, help="Only the result table."),
+    ]
+
+    def decorate(f):
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
 
 
 def overrides_from(params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

@@ -9,6 +9,7 @@ import click
 
 from kennethlm_core.cli.base import _console, _disabled, _registry, cli
 from kennethlm_core.cli.options import (
+    many_runs_options,
     overrides_from,
     run_command,
     run_options,
@@ -22,20 +23,8 @@ from kennethlm_core.experiment import STANDARD_STEPS
 @cli.command()
 @run_options
 @click.option("--seeds", type=int, default=1, show_default=True, help="Seeds per step.")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel.")
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    help="Ladder folder (default experiments/ladder-<budget>-...).",
-)
-@click.option("--force", is_flag=True, help="Replace runs made with another configuration.")
-@click.option(
-    "--allow-changes",
-    is_flag=True,
-    help="Reuse or resume runs whose code or data changed since they ran (in summary.json).",
-)
 @click.option("--list", "list_", is_flag=True, help="Only print each step's klm run command.")
-@click.option("-q", "--quiet", is_flag=True, help="Only the result table.")
+@many_runs_options("Ladder folder (default experiments/ladder-<budget>-...).")
 @click.pass_context
 def ladder(ctx, seeds, jobs, out, force, allow_changes, list_, quiet, **params):
     """From a bigram table to a GPT, one change at a time: train every step, compare them.
@@ -138,23 +127,7 @@ def _print_ladder(s: dict[str, Any]) -> None:
 )
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per cell.")
 @click.option("--x", "x_key", metavar="KEY", help="The grid key the plot draws along.")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel.")
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    help="Sweep folder (default experiments/sweep-<keys>-<budget>-...).",
-)
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Replace runs made with another configuration, or with other code or data.",
-)
-@click.option(
-    "--allow-changes",
-    is_flag=True,
-    help="Reuse or resume runs whose code or data changed since they ran (in summary.json).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="Only the result table.")
+@many_runs_options("Sweep folder (default experiments/sweep-<keys>-<budget>-...).")
 @click.pass_context
 def sweep(ctx, grid, text_bytes, seeds, x_key, jobs, out, force, allow_changes, quiet, **params):
     """Train a grid of settings on seeds: val_bpb per cell, a table and a plot.
