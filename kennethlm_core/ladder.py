@@ -14,7 +14,7 @@ A ladder folder::
     ladder.png          final val_bpb per step, and the trajectories
 
 Running the same ladder again reuses finished runs and resumes interrupted ones: the steps
-are trained by the runner of ``klm sweep`` (experiment.run_points, on the machinery of ``klm
+are trained by the runner of ``klm sweep`` (jobs.run_points, on the machinery of ``klm
 compare``: Job, run_state, run_jobs).
 """
 
@@ -30,15 +30,8 @@ from kennethlm_core import runlock
 from kennethlm_core.checkpoint import atomic_write_json
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, build_config, resolve
 from kennethlm_core.errors import ConfigError
-from kennethlm_core.experiment import (
-    describe_budget,
-    folder_name,
-    mean_std,
-    prepare_points,
-    provenance_overrides,
-    run_points,
-    with_resolved_mix,
-)
+from kennethlm_core.experiment import describe_budget, folder_name, mean_std
+from kennethlm_core.jobs import prepare_points, provenance_overrides, run_points, with_resolved_mix
 from kennethlm_core.plots import plot_ladder
 
 
@@ -140,7 +133,7 @@ def run_ladder(
     say: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Train (or reuse) every step on every seed; write summary.json and ladder.png. The runs
-    are trained by the runner of ``klm sweep`` (experiment.run_points): a run is reused or resumed
+    are trained by the runner of ``klm sweep`` (jobs.run_points): a run is reused or resumed
     when its configuration, code and data are what would run now (``allow_changes``: anyway;
     ``force``: trained again), and every run gets one precision. The folder is locked while
     it runs (runlock.py)."""

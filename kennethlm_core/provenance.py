@@ -120,6 +120,7 @@ NOT_COMPUTING = {
     "experiment.py",
     "export.py",
     "hub_code/",
+    "jobs.py",
     "ladder.py",
     "ledger.py",
     "loggers.py",

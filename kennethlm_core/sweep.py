@@ -18,7 +18,7 @@ A sweep folder::
     sweep.png           val_bpb against the swept value, one line per series, ±1 sd over seeds
 
 Running the same sweep again reuses finished runs and resumes interrupted ones, with the
-machinery of ``klm compare``: experiment.run_points, which ``klm ladder`` trains its steps
+machinery of ``klm compare``: jobs.run_points, which ``klm ladder`` trains its steps
 with too.
 """
 
@@ -44,15 +44,8 @@ from kennethlm_core.config import (
 )
 from kennethlm_core.data import BYTES, DOC_START, DOMAIN, END, START, mix_weights
 from kennethlm_core.errors import ConfigError, KLMError
-from kennethlm_core.experiment import (
-    describe_budget,
-    folder_name,
-    mean_std,
-    prepare_points,
-    provenance_overrides,
-    run_points,
-    with_resolved_mix,
-)
+from kennethlm_core.experiment import describe_budget, folder_name, mean_std
+from kennethlm_core.jobs import prepare_points, provenance_overrides, run_points, with_resolved_mix
 from kennethlm_core.plots import plot_sweep
 from kennethlm_core.provenance import git_commit
 from kennethlm_core.train import preflight

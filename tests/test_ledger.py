@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kennethlm_core import experiment, ledger
+from kennethlm_core import experiment, jobs, ledger
 from kennethlm_core.config import load_recipe, load_registry_doc
 from kennethlm_core.errors import ConfigError, DataError
 from kennethlm_core.ledger import (
@@ -393,8 +393,8 @@ def test_the_load_average_is_kept_and_shown_only_for_time_budgets():
 def test_the_load_average_at_the_start_survives_a_rerun_that_trains_nothing(tmp_path):
     now = experiment.load_average()
     assert len(now) == 3 and all(isinstance(v, float) for v in now)
-    done = experiment.Job("baseline", 1, None, tmp_path, mode="done")
-    new = experiment.Job("candidate", 1, None, tmp_path)
+    done = jobs.Job("baseline", 1, None, tmp_path, mode="done")
+    new = jobs.Job("candidate", 1, None, tmp_path)
     (tmp_path / "summary.json").write_text(json.dumps({"load_avg_start": [9.0, 8.0, 7.0]}))
     assert experiment.load_at_start([1.0, 1.0, 1.0], [[done]], tmp_path) == [9.0, 8.0, 7.0]
     assert experiment.load_at_start([1.0, 1.0, 1.0], [[done, new]], tmp_path) == [1.0, 1.0, 1.0]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kennethlm_core import data, experiment, provenance
+from kennethlm_core import data, jobs, provenance
 from kennethlm_core.errors import ConfigError
 from kennethlm_core.experiment import Arm, Comparison, arm_configs, plan_jobs
 from kennethlm_core.rundir import RUN_FILES
@@ -379,10 +379,10 @@ def test_compare_resumes_a_changed_run_only_when_allowed_and_passes_it_to_the_wo
     provenance.save(run, old)
     with pytest.raises(ConfigError, match=r"cannot resume .*seed-2 .*the core's source changed"):
         plan_jobs(comp, cfgs, folder, force=False, threads=0, registry=registry)
-    (jobs,) = plan_jobs(
+    (planned,) = plan_jobs(
         comp, cfgs, folder, force=False, threads=0, registry=registry, allow_changes=True
     )
-    job = next(j for j in jobs if j.out == run)
+    job = next(j for j in planned if j.out == run)
     assert job.mode == "resume" and job.changes == ["the core's source changed"]
 
     seen = {}
@@ -391,8 +391,8 @@ def test_compare_resumes_a_changed_run_only_when_allowed_and_passes_it_to_the_wo
         seen.update(mode=job.mode, allow_changes=job.allow_changes)
         return {"val_bpb": 1.0}
 
-    monkeypatch.setattr(experiment, "execute", fake_execute)
-    assert experiment._worker([job.to_json([])]) == 0  # the subprocess of --jobs N
+    monkeypatch.setattr(jobs, "execute", fake_execute)
+    assert jobs._worker([job.to_json([])]) == 0  # the subprocess of --jobs N
     assert seen == {"mode": "resume", "allow_changes": True}
 
 

@@ -15,7 +15,7 @@ import types
 import pytest
 import torch
 
-from kennethlm_core import experiment, hookimpl, precision, runlock
+from kennethlm_core import hookimpl, jobs, precision, runlock
 from kennethlm_core.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
@@ -274,8 +274,8 @@ def test_a_non_finite_loss_stops_the_run_in_its_step(tmp_path, bar):
 
 def test_a_non_finite_loss_stops_a_comparison_worker_in_its_step(tmp_path, registry, capsys):
     cfg = tiny_config(registry, lr=1e12, steps=40, eval_every=20)
-    job = experiment.Job("candidate", 1, cfg, tmp_path / "w")
-    assert experiment._worker([job.to_json([])]) == 2
+    job = jobs.Job("candidate", 1, cfg, tmp_path / "w")
+    assert jobs._worker([job.to_json([])]) == 2
     line = capsys.readouterr().err.strip()
     step = int(line.split("non-finite by step ")[1].split(";")[0])
     assert 0 < step < 20 and "(step 0) is kept" in line  # long before the evaluation at 20
