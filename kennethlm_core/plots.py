@@ -121,11 +121,7 @@ def plot_groups(groups: dict[str, list[Path]], out: str | Path, title: str = "")
     axes[0].legend(frameon=False)
     band = " · band: ±1 sd over seeds" if any(len(r) > 1 for r in groups.values()) else ""
     fig.suptitle((title + "\n" if title else "") + f"val_bpb during training{band}", fontsize=10)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def branch_step(runs: list[Path]) -> int | None:
@@ -197,11 +193,7 @@ def plot_ladder(summary: dict, out: str | Path) -> Path:
         f"Building GPT step by step: {budget}, {seeds} seed{'s' * (seeds > 1)} per step{band}",
         fontsize=10,
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_sweep(summary: dict, out: str | Path) -> Path:
@@ -269,6 +261,13 @@ def plot_sweep(summary: dict, out: str | Path) -> Path:
         f"val_bpb against {x}: {budget}, {seeds} seed{'s' * (seeds > 1)}{band}{skipped}",
         fontsize=10,
     )
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``out`` (its folder made if missing) and free it."""
+    import matplotlib.pyplot as plt  # imported when drawing, not with the command line
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

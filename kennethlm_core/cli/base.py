@@ -32,6 +32,12 @@ class KLMGroup(click.Group):
         return command
 
 
+def _progress(quiet: bool):
+    """Where a command that trains many runs says what it does: stderr, unless ``-q``."""
+    console = _console(stderr=True)
+    return (lambda message: None) if quiet else (lambda m: console.print(m, soft_wrap=True))
+
+
 def _disabled(ctx: click.Context | None) -> list[str]:
     """The plugins named with `klm --disable-plugin`."""
     if ctx is None:

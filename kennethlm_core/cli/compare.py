@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from kennethlm_core import ledger
-from kennethlm_core.cli.base import _console, _disabled, _registry, cli
+from kennethlm_core.cli.base import _console, _disabled, _progress, _registry, cli
 from kennethlm_core.cli.options import (
     many_runs_options,
     overrides_from,
@@ -141,8 +141,6 @@ def compare(
         raise KLMError("klm compare takes the baseline as --baseline RECIPE, not --recipe")
     if seeds < 2:
         raise KLMError("--seeds must be at least 2 for a paired test; the protocol uses 5")
-    if jobs < 1:
-        raise KLMError("--jobs must be at least 1")
     first = shared.pop("seed", 1)
     logger = shared.pop("logger", None)  # how the runs are watched, not what is compared
     comp = experiment.Comparison(
@@ -158,8 +156,7 @@ def compare(
         init_from=init_from,
         logger=logger,
     )
-    console = _console(stderr=True)
-    say = (lambda message: None) if quiet else (lambda m: console.print(m, soft_wrap=True))
+    say = _progress(quiet)
     if not any(k in shared for k in BUDGET_KEYS):
         shared["steps"] = STANDARD_STEPS
     experiment.arm_configs(comp, registry)  # bad arms fail in one line, before any notes

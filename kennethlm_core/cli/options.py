@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from kennethlm_core.config import FLAGS, RECIPE_HELP, SET_HELP, flag_type, parse_args, parse_set
+from kennethlm_core.errors import KLMError
 
 
 def run_options(f):
@@ -34,11 +35,24 @@ def run_options(f):
     return f
 
 
+def _at_least_one(ctx, param, value: int) -> int:
+    if value < 1:
+        raise KLMError(f"--{param.name} must be at least 1")
+    return value
+
+
 def many_runs_options(folder: str):
     """--jobs, --out, --force, --allow-changes and -q: the flags of a command that trains many
     runs into one folder (klm compare, klm ladder, klm sweep); ``folder`` is --out's help."""
     opts = [
-        click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel."),
+        click.option(
+            "--jobs",
+            type=int,
+            default=1,
+            show_default=True,
+            callback=_at_least_one,
+            help="Runs in parallel.",
+        ),
         click.option("--out", type=click.Path(path_type=Path), help=folder),
         click.option(
             "--force",

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from kennethlm_core.cli.base import _console, _disabled, _registry, cli
+from kennethlm_core.cli.base import _console, _disabled, _progress, _registry, cli
 from kennethlm_core.cli.options import (
     many_runs_options,
     overrides_from,
@@ -46,8 +46,6 @@ def ladder(ctx, seeds, jobs, out, force, allow_changes, list_, quiet, **params):
     recipe = recipe or ladder_mod.BASE_RECIPE
     if seeds < 1:
         raise KLMError("--seeds must be at least 1")
-    if jobs < 1:
-        raise KLMError("--jobs must be at least 1")
     first = shared.pop("seed", 1)
     if not any(k in shared for k in BUDGET_KEYS):
         shared["steps"] = STANDARD_STEPS
@@ -59,8 +57,7 @@ def ladder(ctx, seeds, jobs, out, force, allow_changes, list_, quiet, **params):
             click.echo(run_command({**shared, **changes}, recipe))
         return
     folder = out or ladder_mod.default_folder(shared)
-    console = _console(stderr=True)
-    say = (lambda message: None) if quiet else (lambda m: console.print(m, soft_wrap=True))
+    say = _progress(quiet)
     say(f"ladder folder: {folder}")
     summary = ladder_mod.run_ladder(
         shared,
@@ -152,8 +149,6 @@ def sweep(ctx, grid, text_bytes, seeds, x_key, jobs, out, force, allow_changes, 
     recipe, shared = overrides_from(params)
     if seeds < 1:
         raise KLMError("--seeds must be at least 1")
-    if jobs < 1:
-        raise KLMError("--jobs must be at least 1")
     first = shared.pop("seed", 1)
     axes = sweep_mod.parse_grid(grid, registry)
     twice = [a.key for a in axes if a.key in shared]
@@ -177,8 +172,7 @@ def sweep(ctx, grid, text_bytes, seeds, x_key, jobs, out, force, allow_changes, 
     folder = out or sweep_mod.default_folder(axes, shared, text_bytes)
     if folder.exists() and not folder.is_dir():
         raise KLMError(f"{folder} is a file; give --out a folder for the sweep")
-    console = _console(stderr=True)
-    say = (lambda message: None) if quiet else (lambda m: console.print(m, soft_wrap=True))
+    say = _progress(quiet)
     say(f"sweep folder: {folder}")
     summary = sweep_mod.run_sweep(
         axes,
