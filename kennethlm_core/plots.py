@@ -264,6 +264,41 @@ def plot_sweep(summary: dict, out: str | Path) -> Path:
     return _save(fig, out)
 
 
+def plot_sweep_domains(summary: dict, out: str | Path) -> Path:
+    """A sweep's val_bpb per scored domain as a heatmap: a row per cell with a finished seed,
+    a column per domain, each square the mean over seeds (its value written in it). Read
+    along a row for where one setting is strong and weak; along a column for which setting
+    suits a domain. A transfer matrix when the cells train on one domain each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in summary["cells"] if r.get("by_domain")]
+    names = list(rows[0]["by_domain"]) if rows else []
+    values = np.array([[r["by_domain"][d][0] for d in names] for r in rows]).reshape(len(rows), -1)
+    fig, ax = plt.subplots(
+        figsize=(1.6 + 0.95 * max(1, len(names)), 1.3 + 0.42 * max(1, len(rows))),
+        layout="constrained",
+    )
+    image = ax.imshow(values, cmap="viridis_r", aspect="auto")
+    middle = (np.nanmin(values) + np.nanmax(values)) / 2 if values.size else 0
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                color="white" if v > middle else "black")  # fmt: skip
+    scored = summary.get("domain_bytes", {})
+    ticks = [f"{d}\n{scored[d] / 1e3:,.0f} kB" if d in scored else d for d in names]
+    ax.set_xticks(range(len(names)), ticks)
+    ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
+    ax.set_xlabel("scored on (validation bytes of the domain)")
+    fig.colorbar(image, ax=ax, label="val_bpb (lower is better)")
+    seeds = len(summary["seeds"])
+    ax.set_title(f"val_bpb per domain: {summary['budget_text']}, mean of {seeds} "
+                 f"seed{'s' * (seeds > 1)}", fontsize=10)  # fmt: skip
+    return _save(fig, out)
+
+
 def _save(fig, out: str | Path) -> Path:
     """Write ``fig`` as a PNG at ``out`` (its folder made if missing) and free it."""
     import matplotlib.pyplot as plt  # imported when drawing, not with the command line

@@ -46,7 +46,7 @@ from kennethlm_core.data import BYTES, DOC_START, DOMAIN, END, START, mix_weight
 from kennethlm_core.errors import ConfigError, KLMError
 from kennethlm_core.experiment import describe_budget, folder_name, mean_std
 from kennethlm_core.jobs import prepare_points, provenance_overrides, run_points, with_resolved_mix
-from kennethlm_core.plots import plot_sweep
+from kennethlm_core.plots import plot_sweep, plot_sweep_domains
 from kennethlm_core.provenance import git_commit
 from kennethlm_core.train import preflight
 
@@ -232,6 +232,14 @@ def bytes_per_token(split: Any) -> float:
     return split.n_bytes / max(1, tokens)
 
 
+def scored_bytes(split: Any) -> dict[str, int]:
+    """UTF-8 bytes per domain in a slice of a split: how much text each domain's figure is."""
+    import numpy as np
+
+    nbytes = np.bincount(split.rows[:, DOMAIN], split.rows[:, BYTES], len(split.domains))
+    return {d: int(n) for d, n in zip(split.domains, nbytes, strict=True) if n}
+
+
 def x_axis(axes: list[Axis], x: str | None = None) -> str:
     """The key the plot draws along: ``x`` if given, else the last numeric grid key, else the
     last key."""
@@ -314,11 +322,13 @@ def run_sweep(
         summary["provenance_overrides"] = provenance_overrides(plan)
         atomic_write_json(folder / "summary.json", summary)
         plot_sweep(summary, folder / "sweep.png")
+        if len(domains(summary)) > 1:
+            plot_sweep_domains(summary, folder / "sweep-domains.png")
     return summary
 
 
 def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> dict[str, Any]:
-    rows, machine = [], None
+    rows, machine, domain_bytes = [], None, {}
     for cell in cells:
         row: dict[str, Any] = {"cell": cell.values, "texts": cell.texts, "label": cell.label}
         row["folder"] = cell.name
@@ -331,7 +341,9 @@ def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> di
         values = [r["val_bpb"] for r in runs]
         machine = machine or (runs[0]["device"] if runs else None)
         scored = cell.prepared.val.head(cell.cfg.final_eval_bytes)
+        domain_bytes = domain_bytes or scored_bytes(scored)
         mean, std = mean_std(values) if values else (None, None)
+        by_domain = [r["val_bpb_by_domain"] for r in runs]
         row.update(
             status="done" if len(done) == len(jobs) else ("partial" if done else "failed"),
             seeds_done=len(done),
@@ -344,6 +356,9 @@ def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> di
             tokens_per_s=mean_std([r["tokens_per_s"] for r in runs])[0] if runs else None,
             train_time_s=mean_std([r["train_time_s"] for r in runs])[0] if runs else None,
             tokens_seen=runs[0]["tokens_seen"] if runs else None,
+            by_domain={d: mean_std([b[d] for b in by_domain]) for d in by_domain[0]}
+            if runs
+            else {},
             runs=[str(j.out) for j in done],
             failures={str(j.seed): failed[str(j.out)] for j in jobs if str(j.out) in failed},
         )
@@ -362,6 +377,7 @@ def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> di
         "seeds": list(seeds),
         "cells": rows,
         "skipped": sum(r["status"] == "skipped" for r in rows),
+        "domain_bytes": domain_bytes,
     }
 
 
@@ -405,6 +421,34 @@ def table(summary: dict[str, Any]):
             f"{row['params']:,}" if values else "",
             f"{row['seeds_done']}/{n}",
         )
+    return out
+
+
+def domains(summary: dict[str, Any]) -> list[str]:
+    """The domains the cells were scored on, in the order of the first cell that has them."""
+    return next((list(r["by_domain"]) for r in summary["cells"] if r.get("by_domain")), [])
+
+
+def domain_table(summary: dict[str, Any]):
+    """val_bpb per scored domain: a row per cell, a column per domain, mean ± std over its
+    seeds (the domain's bytes in the scored slice under its name)."""
+    from rich.table import Table
+
+    keys, names = list(summary["grid"]), domains(summary)
+    scored = summary.get("domain_bytes", {})
+    heads = [f"{d}\n{scored[d] / 1e3:,.0f} kB" if d in scored else d for d in names]
+    out = Table(*keys, *heads, title=f"{summary['name']} · val_bpb per domain")
+    for col in out.columns[len(keys) :]:
+        col.justify = "right"
+    for row in summary["cells"]:
+        got = row.get("by_domain") or {}
+        texts = [
+            f"{got[d][0]:.3f}" + (f" ± {got[d][1]:.3f}" if row["seeds_done"] > 1 else "")
+            if d in got
+            else ""
+            for d in names
+        ]
+        out.add_row(*[row["texts"][k] for k in keys], *texts)
     return out
 
 

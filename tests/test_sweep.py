@@ -123,6 +123,15 @@ def test_a_real_sweep_reuses_and_resumes_its_runs(tmp_path, klm, one_thread):
         assert config["n_embd"] == cell["cell"]["n_embd"] and config["seed"] == 1
         assert config["mix"] != "temperature=0.5"  # the weights the temperature gave
         assert sum(parse_mix(config["mix"]).values()) == pytest.approx(1, abs=1e-5)
+        # per scored domain: the mean and sd over seeds of each run's own figure
+        scored = finals[0]["val_bpb_by_domain"]
+        assert list(cell["by_domain"]) == list(scored) and len(scored) > 1
+        for d, (mean, sd) in cell["by_domain"].items():
+            assert mean == pytest.approx(statistics.mean(f["val_bpb_by_domain"][d] for f in finals))
+            assert sd == pytest.approx(statistics.stdev(f["val_bpb_by_domain"][d] for f in finals))
+    assert set(summary["domain_bytes"]) == set(cells[0]["by_domain"])
+    assert all(n > 0 for n in summary["domain_bytes"].values())
+    assert (out / "sweep-domains.png").stat().st_size > 10_000
     byte = [c for c in cells if c["cell"]["tokenizer"] == "byte"]
     assert {c["bytes_per_token"] for c in byte} == {1.0} and {c["vocab_size"] for c in byte} == {
         257
@@ -136,8 +145,11 @@ def test_a_real_sweep_reuses_and_resumes_its_runs(tmp_path, klm, one_thread):
     # again: everything is reused, nothing is trained or written again
     weights = out / cells[0]["folder"] / "seed-1" / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    code, stdout2, err = klm(*args)
+    code, stdout2, err = klm(*args, "--by-domain")
     assert code == 0, err
+    domain, (mean, sd) = next(iter(cells[2]["by_domain"].items()))
+    assert "val_bpb per domain" in stdout2 and domain in stdout2
+    assert f"{mean:.3f} ± {sd:.3f}" in stdout2
     assert err.count("finished before, reused") == 8 and "training" not in err
     assert weights.stat().st_mtime_ns == before
     assert json.loads((out / "summary.json").read_text())["cells"] == cells

@@ -124,9 +124,14 @@ def _print_ladder(s: dict[str, Any]) -> None:
 )
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per cell.")
 @click.option("--x", "x_key", metavar="KEY", help="The grid key the plot draws along.")
+@click.option(
+    "--by-domain", is_flag=True, help="Also print val_bpb per scored domain for every cell."
+)
 @many_runs_options("Sweep folder (default experiments/sweep-<keys>-<budget>-...).")
 @click.pass_context
-def sweep(ctx, grid, text_bytes, seeds, x_key, jobs, out, force, allow_changes, quiet, **params):
+def sweep(
+    ctx, grid, text_bytes, seeds, x_key, by_domain, jobs, out, force, allow_changes, quiet, **params
+):
     """Train a grid of settings on seeds: val_bpb per cell, a table and a plot.
 
     \b
@@ -193,9 +198,14 @@ def sweep(ctx, grid, text_bytes, seeds, x_key, jobs, out, force, allow_changes, 
     if not console.is_terminal:  # a log file or a pipe: no wrapping at 80 columns
         console.width = max(console.width, 120)
     console.print(sweep_mod.table(summary))
+    if by_domain:
+        console.print(sweep_mod.domain_table(summary))
     for line in sweep_mod.notes(summary):
         console.print(line, soft_wrap=True)
-    click.echo(f"written to {folder / 'summary.json'} and {folder / 'sweep.png'}")
+    plots = ["sweep.png"] + ["sweep-domains.png"] * (len(sweep_mod.domains(summary)) > 1)
+    click.echo(
+        f"written to {folder / 'summary.json'} and {', '.join(str(folder / p) for p in plots)}"
+    )
 
 
 sweep.help = sweep.help.replace("{steps}", str(STANDARD_STEPS))
