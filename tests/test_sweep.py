@@ -150,6 +150,17 @@ def test_a_real_sweep_reuses_and_resumes_its_runs(tmp_path, klm, one_thread):
     domain, (mean, sd) = next(iter(cells[2]["by_domain"].items()))
     assert "val_bpb per domain" in stdout2 and domain in stdout2
     assert f"{mean:.3f} ± {sd:.3f}" in stdout2
+    code, page, err = klm(*args, "--by-domain", "--markdown")
+    assert code == 0, err
+    lines = page.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| tokenizer | n_embd"))
+    body = lines[header + 2 : header + 6]
+    assert lines[header + 1].startswith("|---|---|---:|")
+    assert [line.split(" | ")[:2] for line in body] == [
+        ["| " + c["texts"]["tokenizer"], str(c["texts"]["n_embd"])] for c in cells
+    ]
+    assert f"{cells[0]['mean']:.4f} ± {cells[0]['std']:.4f}" in body[0]
+    assert f"| {mean:.3f} ± {sd:.3f}" in page
     assert err.count("finished before, reused") == 8 and "training" not in err
     assert weights.stat().st_mtime_ns == before
     assert json.loads((out / "summary.json").read_text())["cells"] == cells

@@ -127,11 +127,11 @@ def _print_ladder(s: dict[str, Any]) -> None:
 @click.option(
     "--by-domain", is_flag=True, help="Also print val_bpb per scored domain for every cell."
 )
+@click.option("--markdown", is_flag=True, help="Print the tables in Markdown, for a page.")
 @many_runs_options("Sweep folder (default experiments/sweep-<keys>-<budget>-...).")
 @click.pass_context
-def sweep(
-    ctx, grid, text_bytes, seeds, x_key, by_domain, jobs, out, force, allow_changes, quiet, **params
-):
+def sweep(ctx, grid, text_bytes, seeds, x_key, by_domain, markdown, jobs, out, force,
+          allow_changes, quiet, **params):  # fmt: skip
     """Train a grid of settings on seeds: val_bpb per cell, a table and a plot.
 
     \b
@@ -197,9 +197,14 @@ def sweep(
     console = _console()
     if not console.is_terminal:  # a log file or a pipe: no wrapping at 80 columns
         console.width = max(console.width, 120)
-    console.print(sweep_mod.table(summary))
-    if by_domain:
-        console.print(sweep_mod.domain_table(summary))
+    if markdown:
+        click.echo(f"{sweep_mod.title(summary)}\n\n{sweep_mod.markdown(summary)}\n")
+        if by_domain:
+            click.echo(f"{sweep_mod.markdown(summary, by_domain=True)}\n")
+    else:
+        console.print(sweep_mod.table(summary))
+        if by_domain:
+            console.print(sweep_mod.table(summary, by_domain=True))
     for line in sweep_mod.notes(summary):
         console.print(line, soft_wrap=True)
     plots = ["sweep.png"] + ["sweep-domains.png"] * (len(sweep_mod.domains(summary)) > 1)
