@@ -1,4 +1,5 @@
-"""Local corpora: files read with `datasets`, and the embedded Danish sample.
+"""Local corpora: files read with `datasets`, and the embedded Danish sample; the fingerprint
+of a set of files (``contents_hash``, which a local copy of a hub dataset uses too).
 
 A local corpus is a file, a folder (searched recursively) or a glob of .jsonl, .jsonl.gz,
 .json, .parquet or .txt files. Tables need a ``text`` column; ``domain`` and ``id`` are
