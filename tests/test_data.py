@@ -277,7 +277,7 @@ def test_the_cache_is_built_in_batches_and_laid_out_by_domain(registry, monkeypa
     monkeypatch.setattr(
         type(whole.tokenizer), "encode_batch", lambda t, b: seen.append(b) or real(t, b)
     )
-    monkeypatch.setattr(data_module, "BATCH_CHARS", 5000)
+    monkeypatch.setattr(data_module.prepare, "BATCH_CHARS", 5000)  # where it is read
     monkeypatch.setenv("KLM_CACHE", str(tmp_path))  # a cold cache, same tokenizer
     batched = prepare_data(cfg, registry, tokenizer=whole.tokenizer)
     assert not batched.reused and len(seen) > 10

@@ -46,15 +46,15 @@ def pause_before(owner, name, event):
 
 hooks, mode, args = sys.argv[1].split(","), sys.argv[2], sys.argv[3:]
 if "survey" in hooks:  # the plan is made; the corpus is read again after this
-    real_survey = data.survey
-    data.survey = lambda corpus: [real_survey(corpus), pause("surveyed")][0]
+    real_survey = data.splits.survey  # patched where plan_split reads it
+    data.splits.survey = lambda corpus: [real_survey(corpus), pause("surveyed")][0]
 if "presurvey" in hooks:  # before the corpus is read for the plan
-    pause_before(data, "survey", "surveying")
+    pause_before(data.splits, "survey", "surveying")
 if "tokenizer" in hooks:  # inside the tokenizer lock, before training
     from kennethlm_core.builtin.tokenizers import CharTokenizer
     pause_before(CharTokenizer, "train", "build tokenizer")
 if "cache" in hooks:  # inside the token cache's lock, before tokenizing
-    pause_before(data, "_build_cache", "build cache")
+    pause_before(data.prepare, "_build_cache", "build cache")
 if mode == "klm":
     from kennethlm_core.cli import main
     main(args)
