@@ -17,8 +17,10 @@ configuration (``TINY``, then the settings given) and checked for its slot:
   save/load round trip through safetensors (kennethlm_core.checkpoint); attention also: a
   score bias is taken (``provides={"score_bias"}``) or refused with ValueError; norm and mlp
   also: each position and sequence is processed on its own.
-- **posemb**: the same, for ``embed``, ``rotate`` and ``score_bias``; positions do not depend
-  on the sequence length; a GPT built with it is causal and trains (finite gradients).
+- **posemb**: the same, for what ``embed`` and ``rotate`` make of a sequence; ``score_bias``
+  is None or a finite float bias that broadcasts to the scores, on the device asked for, the
+  same from a seed and from a saved copy; positions do not depend on the sequence length; a
+  GPT built with it is causal and trains (finite gradients).
 - **optimizer**: a few steps lower a loss; deterministic; parameters stay finite, in their
   dtype and on their device; optimizer state survives a checkpoint round trip.
 - **schedule**: the multiplier is finite and in [0, 1] over the whole budget, and lets

@@ -1,7 +1,10 @@
 """The kits for modules applied to sequences (``ModuleChecks``): attention, norm and mlp, and
-positional embeddings (``PosembChecks``, which also builds a GPT with the embedding)."""
+positional embeddings (``PosembChecks``: the module checks on ``embed`` and ``rotate``, and
+checks of its own for ``score_bias`` and a GPT built with the embedding)."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -23,7 +26,8 @@ from kennethlm_core.testing.base import (
 
 class ModuleChecks(Conformance):
     """Checks for an ``nn.Module`` applied to sequences, positions along dimension -2 of
-    its output. Subclasses say how to build it, what to feed it and how to change the future."""
+    its output (or of each output, where ``forward`` gives a tuple). Subclasses say how to
+    build it, what to feed it and how to change the future."""
 
     def make(self, cfg):
         raise NotImplementedError
@@ -37,9 +41,10 @@ class ModuleChecks(Conformance):
         raise NotImplementedError
 
     def expected_shape(self, inputs: tuple) -> tuple:
+        """The output's shape (a tuple of shapes where ``forward`` gives a tuple)."""
         return tuple(inputs[0].shape)
 
-    def forward(self, module, inputs: tuple) -> torch.Tensor:
+    def forward(self, module, inputs: tuple) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return module(*inputs)
 
     def build(self, seed: int = SEED, **changes):
@@ -50,30 +55,37 @@ class ModuleChecks(Conformance):
             pytest.skip(f"{self.what} builds no sublayer (None): there is nothing to check")
         return module
 
+    def outputs(self, module, inputs: tuple) -> tuple[torch.Tensor, ...]:
+        """``forward``'s output as a tuple: every check below runs on each of them."""
+        y = self.forward(module, inputs)
+        return y if isinstance(y, tuple) else (y,)
+
     def test_shapes(self):
         cfg = self.config()
         module = self.build().eval()
         for T in lengths(cfg.block_size):
             for inputs in self.examples(cfg, T):
                 y = self.forward(module, inputs)
-                assert tuple(y.shape) == self.expected_shape(inputs), (
-                    f"{self.what}: output shape {tuple(y.shape)} for inputs of length {T}, "
+                shape = tuple(tuple(o.shape) for o in y) if isinstance(y, tuple) else tuple(y.shape)
+                assert shape == self.expected_shape(inputs), (
+                    f"{self.what}: output shape {shape} for inputs of length {T}, "
                     f"expected {self.expected_shape(inputs)}"
                 )
 
     def test_dtype(self):
         cfg = self.config()
         for inputs in self.examples(cfg, cfg.block_size):
-            reference = self.forward(self.build().eval(), inputs)
+            reference = self.outputs(self.build().eval(), inputs)
             for dtype in (torch.float32, torch.bfloat16):
                 module = self.build().to(dtype).eval()
-                y = self.forward(module, _cast(inputs, dtype, "cpu"))
-                assert y.dtype == dtype, f"{self.what}: {dtype} in, {y.dtype} out"
-                assert torch.isfinite(y).all(), f"{self.what}: non-finite output in {dtype}"
-                scale = 1 + reference.abs().max().item()
-                assert _close(y, reference, atol=0.05 * scale), (
-                    f"{self.what}: its {dtype} output is far from its float32 output"
-                )
+                outputs = self.outputs(module, _cast(inputs, dtype, "cpu"))
+                for y, ref in zip(outputs, reference, strict=True):
+                    assert y.dtype == dtype, f"{self.what}: {dtype} in, {y.dtype} out"
+                    assert torch.isfinite(y).all(), f"{self.what}: non-finite output in {dtype}"
+                    scale = 1 + ref.abs().max().item()
+                    assert _close(y, ref, atol=0.05 * scale), (
+                        f"{self.what}: its {dtype} output is far from its float32 output"
+                    )
 
     def test_device(self):
         cfg = self.config()
@@ -82,26 +94,27 @@ class ModuleChecks(Conformance):
         for device in devices():
             module = self.build().to(device).eval()
             for inputs in self.examples(cfg, cfg.block_size):
-                y = self.forward(module, _cast(inputs, torch.float32, device))
-                assert y.device.type == device, (
-                    f"{self.what}: inputs on {device}, output on {y.device}"
-                )
+                for y in self.outputs(module, _cast(inputs, torch.float32, device)):
+                    assert y.device.type == device, (
+                        f"{self.what}: inputs on {device}, output on {y.device}"
+                    )
 
     def test_causal(self):
         cfg = self.config()
         module = self.build().eval()
         T = cfg.block_size
         for inputs in self.examples(cfg, T):
-            y = self.forward(module, inputs)
+            outputs = self.outputs(module, inputs)
             for t in (0, T // 2, T - 2):
-                y2 = self.forward(module, self.change_future(inputs, t))
-                assert _close(y[..., : t + 1, :], y2[..., : t + 1, :]), (
-                    f"{self.what} is not causal: positions up to {t} changed when only later "
-                    "positions changed"
-                )
-                assert not _close(y[..., t + 1 :, :], y2[..., t + 1 :, :], atol=1e-6), (
-                    f"{self.what}: positions after {t} did not change when their inputs did"
-                )
+                changed = self.outputs(module, self.change_future(inputs, t))
+                for y, y2 in zip(outputs, changed, strict=True):
+                    assert _close(y[..., : t + 1, :], y2[..., : t + 1, :]), (
+                        f"{self.what} is not causal: positions up to {t} changed when only "
+                        "later positions changed"
+                    )
+                    assert not _close(y[..., t + 1 :, :], y2[..., t + 1 :, :], atol=1e-6), (
+                        f"{self.what}: positions after {t} did not change when their inputs did"
+                    )
 
     def test_finite_gradients(self):
         cfg = self.config()
@@ -112,8 +125,10 @@ class ModuleChecks(Conformance):
                 for x in inputs
             )
             module.zero_grad(set_to_none=True)
-            y = self.forward(module, leaves)
-            (y.float() * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+            outputs = self.outputs(module, leaves)
+            sum(
+                (y.float() * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum() for y in outputs
+            ).backward()
             grads = [x.grad for x in leaves if x is not None and x.requires_grad]
             grads += [p.grad for p in module.parameters() if p.requires_grad]
             assert any(g is not None and g.abs().sum() > 0 for g in grads), (
@@ -124,20 +139,26 @@ class ModuleChecks(Conformance):
 
     def test_deterministic_under_a_seed(self):
         cfg = self.config()
+        a, b = self.build(seed=SEED), self.build(seed=SEED)
+        for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(ta, tb), f"{self.what}: the same seed gave a different {name}"
         for inputs in self.examples(cfg, cfg.block_size):
-            outputs = []
+            runs = []
             for _ in range(2):
                 module = self.build(seed=SEED, dropout=0.1).train()
                 torch.manual_seed(SEED)
-                outputs.append(self.forward(module, inputs))
-            assert torch.equal(*outputs), f"{self.what}: the same seed gave different outputs"
+                runs.append(self.outputs(module, inputs))
+            assert all(map(torch.equal, *runs)), (
+                f"{self.what}: the same seed gave different outputs"
+            )
 
     def test_dropout_only_in_training(self):
         cfg = self.config()
         plain = self.build(dropout=0.0).eval()
         dropping = self.build(dropout=0.5).eval()
         for inputs in self.examples(cfg, cfg.block_size):
-            assert _close(self.forward(plain, inputs), self.forward(dropping, inputs), 1e-6), (
+            pairs = zip(self.outputs(plain, inputs), self.outputs(dropping, inputs), strict=True)
+            assert all(_close(a, b, 1e-6) for a, b in pairs), (
                 f"{self.what}: with dropout set, evaluation (eval mode) gives other outputs"
             )
 
@@ -147,9 +168,9 @@ class ModuleChecks(Conformance):
         save_weights(saved, tmp_path / "weights.safetensors")
         load_weights(fresh, tmp_path / "weights.safetensors")
         for inputs in self.examples(cfg, cfg.block_size):
-            assert torch.equal(self.forward(saved, inputs), self.forward(fresh, inputs)), (
-                f"{self.what}: a copy loaded from safetensors gives other outputs"
-            )
+            assert all(
+                map(torch.equal, self.outputs(saved, inputs), self.outputs(fresh, inputs))
+            ), f"{self.what}: a copy loaded from safetensors gives other outputs"
 
 
 class AttentionChecks(ModuleChecks):
@@ -233,14 +254,15 @@ class MlpChecks(NormChecks):
         return self.component.factory(cfg)
 
 
-class PosembChecks(Conformance):
-    """``factory(cfg) -> PositionalEmbedding``: ``embed``, ``rotate`` and ``score_bias``."""
+class PosembChecks(ModuleChecks):
+    """``factory(cfg) -> PositionalEmbedding``: the module checks on what ``embed`` and
+    ``rotate`` make of a sequence, which must not depend on its length; ``score_bias``, which
+    sees only the length, has a check of its own; a GPT built with it is causal and has
+    finite gradients."""
 
     slot = "posemb"
 
-    def build(self, seed: int = SEED, **changes) -> PositionalEmbedding:
-        cfg = self.config(**changes)
-        torch.manual_seed(seed)
+    def make(self, cfg) -> PositionalEmbedding:
         pe = self.component.factory(cfg)
         assert isinstance(pe, PositionalEmbedding), (
             f"{self.what}: the factory must return a kennethlm_core.components."
@@ -248,131 +270,100 @@ class PosembChecks(Conformance):
         )
         return pe
 
-    def inputs(self, cfg, T: int, dtype=torch.float32, device="cpu"):
+    def examples(self, cfg, T):
         D = cfg.n_embd // cfg.n_head
-        x, q, k = (
-            _randn(2, T, cfg.n_embd, seed=0),
-            *(_randn(2, cfg.n_head, T, D, seed=i) for i in (1, 2)),
-        )
-        return _cast((x, q, k), dtype, device)
+        x = _randn(2, T, cfg.n_embd, seed=0)
+        return [(x, *(_randn(2, cfg.n_head, T, D, seed=i) for i in (1, 2)))]
 
-    def apply(self, pe, x, q, k):
-        """Everything the embedding does to a sequence: (embedded x, q, k, score bias)."""
-        T = x.size(1)
-        return (pe.embed(x), *pe.rotate(q, k), pe.score_bias(T, x.device))
+    def change_future(self, inputs, t):
+        changed = tuple(x.clone() for x in inputs)
+        for i, x in enumerate(changed):
+            x[..., t + 1 :, :] = _randn(*x[..., t + 1 :, :].shape, seed=10 + i)
+        return changed
 
-    def gpt(self, seed: int = SEED):
+    def expected_shape(self, inputs):
+        return tuple(tuple(x.shape) for x in inputs)
+
+    def forward(self, pe, inputs):
+        """What the embedding does to a sequence (x, q, k): (embedded x, rotated q and k)."""
+        x, q, k = inputs
+        return (pe.embed(x), *pe.rotate(q, k))
+
+    def gpt(self):
+        """A GPT built with the embedding (in training mode) and token ids to feed it."""
         cfg = self.config()
-        torch.manual_seed(seed)
-        return cfg, build_model(cfg.replace(model="gpt"), VOCAB, self.reg)
-
-    def test_shapes(self):
-        cfg = self.config()
-        pe = self.build().eval()
-        for T in lengths(cfg.block_size):
-            x, q, k = self.inputs(cfg, T)
-            ex, rq, rk, bias = self.apply(pe, x, q, k)
-            assert ex.shape == x.shape, f"{self.what}: embed changed the shape {tuple(x.shape)}"
-            assert rq.shape == q.shape and rk.shape == k.shape, (
-                f"{self.what}: rotate changed shapes"
-            )
-            if bias is not None:
-                full = (2, cfg.n_head, T, T)
-                assert torch.broadcast_shapes(bias.shape, full) == full, (
-                    f"{self.what}: score_bias({T}) has shape {tuple(bias.shape)}, "
-                    f"not broadcastable to {full}"
-                )
-
-    def test_dtype(self):
-        cfg = self.config()
-        for dtype in (torch.float32, torch.bfloat16):
-            pe = self.build().to(dtype).eval()
-            outputs = self.apply(pe, *self.inputs(cfg, cfg.block_size, dtype))
-            for out in outputs[:3]:
-                assert out.dtype == dtype, f"{self.what}: {dtype} in, {out.dtype} out"
-            if outputs[3] is not None:
-                assert outputs[3].is_floating_point(), f"{self.what}: score_bias is not float"
-
-    def test_device(self):
-        cfg = self.config()
-        with torch.device("meta"):  # `klm run` builds every model on the meta device first
-            self.build()
-        for device in devices():
-            pe = self.build().to(device).eval()
-            for out in self.apply(pe, *self.inputs(cfg, cfg.block_size, device=device)):
-                assert out is None or out.device.type == device, (
-                    f"{self.what}: inputs on {device}, output on {out.device}"
-                )
+        torch.manual_seed(SEED)
+        model = build_model(cfg.replace(model="gpt"), VOCAB, self.reg)
+        g = torch.Generator().manual_seed(0)
+        return model, torch.randint(0, VOCAB, (2, cfg.block_size), generator=g)
 
     def test_causal(self):
+        super().test_causal()
         cfg = self.config()
         pe = self.build().eval()
-        T = cfg.block_size
-        x, q, k = self.inputs(cfg, T)
-        whole = self.apply(pe, x, q, k)
+        T, cpu = cfg.block_size, torch.device("cpu")
+        (inputs,) = self.examples(cfg, T)
+        whole, bias = self.forward(pe, inputs), pe.score_bias(T, cpu)
         for t in (1, T // 2):
-            prefix = self.apply(pe, x[:, :t], q[..., :t, :], k[..., :t, :])
-            for name, a, b in zip(("embed", "rotate q", "rotate k"), whole, prefix, strict=False):
+            prefix = self.forward(pe, tuple(x[..., :t, :] for x in inputs))
+            for name, a, b in zip(("embed", "rotate q", "rotate k"), whole, prefix, strict=True):
                 assert _close(a[..., :t, :], b), (
                     f"{self.what}: {name} at the first {t} positions depends on what follows"
                 )
-            if whole[3] is not None:
-                assert _close(whole[3][..., :t, :t], prefix[3]), (
+            if bias is not None:
+                assert _close(bias[..., :t, :t], pe.score_bias(t, cpu)), (
                     f"{self.what}: score_bias({t}) differs from the first {t} rows of "
                     f"score_bias({T})"
                 )
-        self._gpt_is_causal()
-
-    def _gpt_is_causal(self):
-        cfg, model = self.gpt()
+        model, idx = self.gpt()
         model.eval()
-        idx = torch.randint(
-            0, VOCAB, (2, cfg.block_size), generator=torch.Generator().manual_seed(0)
-        )
-        t = cfg.block_size // 2
+        t = T // 2
         changed = idx.clone()
         changed[:, t + 1 :] = (changed[:, t + 1 :] + 1) % VOCAB
         a, b = model(idx)[0], model(changed)[0]
         assert _close(a[:, : t + 1], b[:, : t + 1]), f"a GPT with {self.what} is not causal"
 
     def test_finite_gradients(self):
-        cfg, model = self.gpt()
-        idx = torch.randint(
-            0, VOCAB, (2, cfg.block_size), generator=torch.Generator().manual_seed(0)
-        )
+        super().test_finite_gradients()
+        model, idx = self.gpt()
         _, loss = model(idx, torch.roll(idx, -1, dims=1))
         loss.backward()
         for name, p in model.named_parameters():
             assert p.grad is None or torch.isfinite(p.grad).all(), (
                 f"a GPT with {self.what}: non-finite gradient in {name}"
             )
-        pe = self.build().train()
-        leaves = [t.requires_grad_(True) for t in self.inputs(cfg, cfg.block_size)]
-        outputs = self.apply(pe, *leaves)
-        sum(out.float().square().sum() for out in outputs if out is not None).backward()
-        for t in (*leaves, *pe.parameters()):
-            assert t.grad is None or torch.isfinite(t.grad).all(), (
-                f"{self.what}: non-finite gradient"
-            )
 
-    def test_deterministic_under_a_seed(self):
+    def test_score_bias(self, tmp_path):
+        """None, or a float bias broadcastable to (B, H, T, T), finite in every dtype, on the
+        device asked for, the same from the same seed and from a saved copy, with finite
+        gradients. (That it does not depend on T is part of ``test_causal``.)"""
         cfg = self.config()
-        a, b = self.build(seed=SEED), self.build(seed=SEED)
-        for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-            assert torch.equal(ta, tb), f"{self.what}: the same seed gave a different {name}"
-        inputs = self.inputs(cfg, cfg.block_size)
-        for oa, ob in zip(self.apply(a, *inputs), self.apply(b, *inputs), strict=True):
-            assert (oa is None and ob is None) or torch.equal(oa, ob), (
-                f"{self.what}: the same seed gave different outputs"
+        T, cpu = cfg.block_size, torch.device("cpu")
+        pe = self.build()
+        bias = pe.score_bias(T, cpu)
+        if bias is None:
+            return
+        for t in lengths(T):
+            shape, full = tuple(pe.score_bias(t, cpu).shape), (2, cfg.n_head, t, t)
+            assert torch.broadcast_shapes(shape, full) == full, (
+                f"{self.what}: score_bias({t}) has shape {shape}, not broadcastable to {full}"
             )
-
-    def test_save_load_round_trip(self, tmp_path):
-        cfg = self.config()
-        saved, fresh = self.build(seed=1).eval(), self.build(seed=2).eval()
-        save_weights(saved, tmp_path / "posemb.safetensors")
-        load_weights(fresh, tmp_path / "posemb.safetensors")
-        inputs = self.inputs(cfg, cfg.block_size)
-        for a, b in zip(self.apply(saved, *inputs), self.apply(fresh, *inputs), strict=True):
-            assert (a is None and b is None) or torch.equal(a, b), (
-                f"{self.what}: a copy loaded from safetensors gives other outputs"
+        for dtype, device in itertools.product((torch.float32, torch.bfloat16), devices()):
+            b = self.build().to(device=device, dtype=dtype).score_bias(T, torch.device(device))
+            assert b.is_floating_point() and torch.isfinite(b).all(), (
+                f"{self.what}: score_bias in {dtype} is not all finite floating point numbers"
             )
+            assert b.device.type == device, f"{self.what}: score_bias for {device} on {b.device}"
+        twin, loaded = self.build(), self.build(seed=2)
+        save_weights(pe, tmp_path / "posemb.safetensors")
+        load_weights(loaded, tmp_path / "posemb.safetensors")
+        for other, how in ((twin, "the same seed"), (loaded, "a copy loaded from safetensors")):
+            assert torch.equal(other.score_bias(T, cpu), bias), (
+                f"{self.what}: {how} gives another score_bias"
+            )
+        if bias.requires_grad:
+            bias.float().square().sum().backward()
+            for p in pe.parameters():
+                assert p.grad is None or torch.isfinite(p.grad).all(), (
+                    f"{self.what}: non-finite gradient of score_bias"
+                )
