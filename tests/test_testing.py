@@ -101,6 +101,17 @@ class MisshapenBias(PositionalEmbedding):
         return torch.zeros(T + 1, T, device=device)
 
 
+class RandomBias(PositionalEmbedding):
+    """A score bias drawn from Python's random module, which a torch seed does not fix."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("bias", torch.full((1, 1, 1), random.random()), persistent=False)
+
+    def score_bias(self, T, device):
+        return self.bias.expand(1, T, T).to(device)
+
+
 class OverTime(nn.Module):
     """Normalises over positions: every position sees the whole sequence."""
 
@@ -147,6 +158,7 @@ def klm_register_posemb(register):
     register("peeking-embed", lambda cfg: PeekingEmbedding())
     register("length-dependent-bias", lambda cfg: LengthDependentBias())
     register("misshapen-bias", lambda cfg: MisshapenBias())
+    register("random-bias", lambda cfg: RandomBias())
 
 
 @hookimpl
@@ -204,6 +216,7 @@ BROKEN = [
     ("posemb", "peeking-embed", "test_causal", "not causal"),
     ("posemb", "length-dependent-bias", "test_causal", "differs from the first"),
     ("posemb", "misshapen-bias", "test_score_bias", "not broadcastable"),
+    ("posemb", "random-bias", "test_score_bias_is_reproducible", "same seed gives another"),
     ("norm", "over-time", "test_causal", "not causal"),
     ("norm", "over-batch", "test_sequences_are_independent", "another sequence"),
     ("norm", "random-init", "test_deterministic_under_a_seed", "gave a different weight"),
