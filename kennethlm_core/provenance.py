@@ -132,7 +132,7 @@ NOT_COMPUTING = {
     "scaffold.py",
     "sweep.py",
     "templates/",
-    "testing.py",
+    "testing/",
 }
 
 

@@ -82,6 +82,36 @@ class LengthDependent(PositionalEmbedding):
         return x + torch.arange(T, dtype=x.dtype).view(1, T, 1) / T
 
 
+class PeekingEmbedding(PositionalEmbedding):
+    """Adds the mean over the whole sequence: each position sees those after it."""
+
+    def embed(self, x):
+        return x + x.mean(dim=1, keepdim=True)
+
+
+class LengthDependentBias(PositionalEmbedding):
+    """A score bias of 1 / length: the first rows change when the sequence grows."""
+
+    def score_bias(self, T, device):
+        return torch.full((1, T, T), 1.0 / T, device=device)
+
+
+class MisshapenBias(PositionalEmbedding):
+    def score_bias(self, T, device):
+        return torch.zeros(T + 1, T, device=device)
+
+
+class RandomBias(PositionalEmbedding):
+    """A score bias drawn from Python's random module, which a torch seed does not fix."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("bias", torch.full((1, 1, 1), random.random()), persistent=False)
+
+    def score_bias(self, T, device):
+        return self.bias.expand(1, T, T).to(device)
+
+
 class OverTime(nn.Module):
     """Normalises over positions: every position sees the whole sequence."""
 
@@ -92,6 +122,17 @@ class OverTime(nn.Module):
 class OverBatch(nn.Module):
     def forward(self, x):
         return x - x.mean(dim=0, keepdim=True)
+
+
+class RandomInit(nn.Module):
+    """A scale drawn from Python's random module, which a torch seed does not fix."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((1,), 1.0 + random.random()))
+
+    def forward(self, x):
+        return self.weight * x
 
 
 class Ascii(ByteTokenizer):
@@ -114,12 +155,17 @@ def klm_register_attention(register):
 @hookimpl
 def klm_register_posemb(register):
     register("length-dependent", lambda cfg: LengthDependent())
+    register("peeking-embed", lambda cfg: PeekingEmbedding())
+    register("length-dependent-bias", lambda cfg: LengthDependentBias())
+    register("misshapen-bias", lambda cfg: MisshapenBias())
+    register("random-bias", lambda cfg: RandomBias())
 
 
 @hookimpl
 def klm_register_norm(register):
     register("over-time", lambda cfg, dim: OverTime())
     register("over-batch", lambda cfg, dim: OverBatch())
+    register("random-init", lambda cfg, dim: RandomInit())
 
 
 @hookimpl
@@ -167,8 +213,13 @@ BROKEN = [
     ("attention", "noisy", "test_deterministic_under_a_seed", "same seed gave different"),
     ("attention", "drops-in-eval", "test_dropout_only_in_training", "eval mode"),
     ("posemb", "length-dependent", "test_causal", "depends on what follows"),
+    ("posemb", "peeking-embed", "test_causal", "not causal"),
+    ("posemb", "length-dependent-bias", "test_causal", "differs from the first"),
+    ("posemb", "misshapen-bias", "test_score_bias", "not broadcastable"),
+    ("posemb", "random-bias", "test_score_bias_is_reproducible", "same seed gives another"),
     ("norm", "over-time", "test_causal", "not causal"),
     ("norm", "over-batch", "test_sequences_are_independent", "another sequence"),
+    ("norm", "random-init", "test_deterministic_under_a_seed", "gave a different weight"),
     ("optimizer", "frozen", "test_lowers_the_loss", "took the loss from"),
     ("schedule", "overshoot", "test_multiplier_in_range", r"outside \[0, 1.0\]"),
     ("schedule", "stateful", "test_pure_function_of_step_and_progress", "call order"),
