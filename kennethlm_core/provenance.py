@@ -117,6 +117,7 @@ def _hash(files: tuple[tuple[str, Path], ...]) -> str:
 NOT_COMPUTING = {
     "__main__.py",
     "cli/",
+    "entries.py",
     "experiment.py",
     "export.py",
     "hub_code/",
@@ -128,6 +129,7 @@ NOT_COMPUTING = {
     "provenance.py",
     "publish.py",
     "registry.py",
+    "results.py",
     "runlock.py",
     "scaffold.py",
     "sweep.py",
