@@ -117,6 +117,7 @@ def _hash(files: tuple[tuple[str, Path], ...]) -> str:
 NOT_COMPUTING = {
     "__main__.py",
     "cli/",
+    "datacard.py",
     "entries.py",
     "experiment.py",
     "export.py",
@@ -125,6 +126,7 @@ NOT_COMPUTING = {
     "ladder.py",
     "ledger.py",
     "loggers.py",
+    "modelcard.py",
     "plots.py",
     "provenance.py",
     "publish.py",
