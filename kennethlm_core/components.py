@@ -258,20 +258,21 @@ class TaskResult:
 class Task:
     """An evaluation task, registered in the ``task`` slot: ``factory(cfg) -> Task``.
 
-    ``evaluate(lm, data=, limit=)`` talks to the model only through ``lm``, an
-    ``evaluate.LanguageModel`` (a trained run in practice, a fixture model in tests):
-    ``tokenizer.doc_id``, ``block_size``, ``encode``/``decode``, ``logprobs(requests)`` and
-    ``score``/``score_many`` (log-likelihoods, batched), ``fit`` (cut text to a token budget)
-    and ``generate(prompt, max_new_tokens, stop)`` (greedy). Its docstring says how inputs
-    longer than the context are cut. (A LoadedRun also has ``model``, ``config`` and
+    A task implements ``measure(lm, data=, limit=)``; klm calls ``evaluate`` (the same
+    arguments), which resolves the limit first. ``measure`` talks to the model only through
+    ``lm``, an ``evaluate.LanguageModel`` (a trained run in practice, a fixture model in
+    tests): ``tokenizer.doc_id``, ``block_size``, ``encode``/``decode``, ``logprobs(requests)``
+    and ``score``/``score_many`` (log-likelihoods, batched), ``fit`` (cut text to a token
+    budget) and ``generate(prompt, max_new_tokens, stop)`` (greedy). Its docstring says how
+    inputs longer than the context are cut. (A LoadedRun also has ``model``, ``config`` and
     ``device``, which the bpb task uses.)
 
     ``data`` is a local file or folder in the task's columns, or None for the task's own
     default (a hub dataset); ``limit`` caps the examples (None: ``default_limit``, chosen so
-    that ``klm eval --task all`` stays quick). ``data_dir`` names the subfolder the task reads
-    in a folder laid out like ../shared/data/eval, so one ``--data`` serves ``--task all``.
-    Every Metric carries its 95% interval and chance level; ``notes`` says what was scored and
-    how prompts were cut to fit the context.
+    that ``klm eval --task all`` stays quick; ``measure`` gets it resolved). ``data_dir`` names
+    the subfolder the task reads in a folder laid out like ../shared/data/eval, so one
+    ``--data`` serves ``--task all``. Every Metric carries its 95% interval and chance level;
+    ``notes`` says what was scored and how prompts were cut to fit the context.
     """
 
     name = "task"
@@ -279,6 +280,10 @@ class Task:
     default_limit: int | None = None
 
     def evaluate(self, lm: Any, *, data: str | None = None, limit: int | None = None) -> TaskResult:
+        """The task's result on ``lm``: ``measure``, with ``limit`` None as ``default_limit``."""
+        return self.measure(lm, data=data, limit=self.default_limit if limit is None else limit)
+
+    def measure(self, lm: Any, *, data: str | None = None, limit: int | None = None) -> TaskResult:
         raise NotImplementedError
 
 

@@ -20,9 +20,10 @@ and ``AutoTokenizer.from_pretrained(DIR)``, and computes what ``klm`` computes:
   document token
   ``<|doc|>`` is the beginning-of-sequence token (``tokenizer(text)`` starts with it, as klm's
   documents and ``klm sample`` do), the end of a generation and the padding;
-- README.md is the model card: recipe, components, parameters, data, val and test bits per
-  byte. Its YAML marks the folder as an export (``klm_export``), so ``--force`` replaces an
-  earlier export and nothing else (the checks of publish.py, shared with ``klm data export``).
+- README.md is the model card (modelcard.py): recipe, components, parameters, data, val and
+  test bits per byte. Its YAML marks the folder as an export (``klm_export``), so ``--force``
+  replaces an earlier export and nothing else (the checks of publish.py, shared with ``klm
+  data export``).
 
 Before anything is written the exported model is checked against the run: its logits on a
 probe text (to 1e-4) and the tokenizer's ids on Danish text with æøå, emoji and tabs.
@@ -33,7 +34,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,15 +43,15 @@ import torch
 from kennethlm_core import logs, provenance
 from kennethlm_core.builtin.tokenizers import ByteTokenizer, CharTokenizer
 from kennethlm_core.components import HFTokenizer
-from kennethlm_core.config import load_recipe, recipe_names, selected_components
+from kennethlm_core.config import selected_components
 from kennethlm_core.errors import CheckpointError, KLMError
 from kennethlm_core.evaluate import LoadedRun
 from kennethlm_core.hub_code.configuration_kennethlm import KennethLMConfig
 from kennethlm_core.hub_code.modeling_kennethlm import KennethLMForCausalLM
-from kennethlm_core.publish import MARKER, check_out, upload
+from kennethlm_core.modelcard import model_card
 from kennethlm_core.publish import _replace as replace_folder
+from kennethlm_core.publish import check_out, upload
 
-EXPORT_FORMAT = 1
 DOC = "<|doc|>"  # the document token's text in the exported tokenizer (HFTokenizer.DOC)
 STOCK = {"model": {"gpt"}, "attention": {"naive", "flash"}, "posemb": {"learned"}}
 STOCK |= {"norm": {"layernorm"}, "mlp": {"gelu"}}
@@ -328,105 +328,6 @@ def check_tokenizer(hf: Any, tok: Any) -> None:
         ids = hf(text, add_special_tokens=False, verbose=False)["input_ids"]
         if ids != tok.encode(text) or hf.decode(ids) != text:
             raise KLMError(f"the exported tokenizer does not give klm's ids for {text!r}")
-
-
-# -- the model card --------------------------------------------------------------------------
-
-
-def recipe_of(cfg: Any) -> str | None:
-    """The registry.toml recipe whose every setting the run has, if any."""
-    saved = cfg.to_dict()
-    for name in recipe_names():
-        recipe = load_recipe(name)
-        if all(
-            saved.get(k) == v for k, v in recipe.items() if k not in ("steps", "tokens", "time")
-        ):
-            return name
-    return None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def model_card(run: Path, lm: Any, kind: str, why: list[str], config: Any, diff: float) -> str:
-    import yaml
-
-    cfg = lm.config
-    summary = _read_json(run / "summary.json")
-    scores = _read_json(run / "eval.json")
-    test = (scores.get("bpb/test") or {}).get("metrics", {}).get("bpb", {}).get("value")
-    val = summary.get("val_bpb", (scores.get("bpb") or {}).get("metrics", {}).get("bpb", {}))
-    val = val.get("value") if isinstance(val, dict) else val
-    recipe = recipe_of(cfg)
-    remote = kind != "gpt2"
-    meta = {
-        "library_name": "transformers",
-        "pipeline_tag": "text-generation",
-        "tags": ["kennethlm", "custom_code" if remote else "gpt2"],
-        MARKER: {"format": EXPORT_FORMAT, "kind": "model", "run": run.name, "as": kind},
-    }
-    trust = ", trust_remote_code=True" if remote else ""
-    bpb = lambda v: f"{v:.4f}" if isinstance(v, int | float) else "not scored"
-    slots = ("model", "attention", "posemb", "norm", "mlp", "tokenizer", "optimizer", "schedule")
-    rows = [f"| {slot} | {getattr(cfg, slot)} |" for slot in slots]
-    rows += [f"| tweaks | {cfg.tweak} |"] if cfg.tweak else []
-    shape = (
-        f"{cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, context {cfg.block_size}"
-    )
-    params = summary.get("params") or sum(p.numel() for p in lm.model.parameters())
-    domains = summary.get("val_bpb_by_domain") or {}
-    lines = [
-        f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n",
-        f"# {run.name}\n",
-        f"A small language model trained with KennethLM (`klm run`), "
-        f"exported with `klm export` as {'remote code' if remote else 'a stock GPT-2'}.\n",
-        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f'tokenizer = AutoTokenizer.from_pretrained("{run.name}")\n'
-        f'model = AutoModelForCausalLM.from_pretrained("{run.name}"{trust})\n'
-        'inputs = tokenizer("Der var engang", return_tensors="pt")  # <|doc|> first\n'
-        "out = model.generate(**inputs, max_new_tokens=50, do_sample=False)\n"
-        "print(tokenizer.decode(out[0], skip_special_tokens=True))\n"
-        "```\n",
-        "## Recipe\n",
-        (f"The `{recipe}` recipe of registry.toml: " if recipe else "No recipe of registry.toml: ")
-        + f"{shape}; every setting is in the run's config.json"
-        + (" (and in this folder's config.json, `klm_config`).\n" if remote else ".\n"),
-        "| slot | component |\n|---|---|\n" + "\n".join(rows) + "\n",
-    ]
-    if remote:
-        needed = ", ".join(f"`{d}` {v}" for d, v in config.klm_distributions.items())
-        lines.append(
-            f"Not a stock GPT-2 ({', '.join(why)}): the network is built by the KennethLM "
-            f"packages {needed}, which must be installed to load it.\n"
-        )
-    lines += [
-        "## Parameters\n",
-        f"{params:,} parameters"
-        + (", embeddings tied" if config.tie_word_embeddings else "")
-        + f"; weights in float32. The exported logits differ from klm's by at most {diff:.1e}.\n",
-        "## Data\n",
-        f"Corpus `{cfg.corpus}`; tokenizer `{cfg.tokenizer}` ({lm.tokenizer.vocab_size:,} "
-        f"tokens, `{DOC}` marks each document's start); "
-        f"{summary.get('tokens_seen', 0):,} training tokens.\n",
-        "## Results\n",
-        "| split | bits per byte |\n|---|---|\n"
-        f"| validation | {bpb(val)} |\n| test | {bpb(test)} |\n",
-    ]
-    if domains:
-        lines.append(
-            "Validation by domain: "
-            + ", ".join(f"{d} {v:.4f}" for d, v in sorted(domains.items()))
-            + ".\n"
-        )
-    lines.append(
-        f"Trained for {summary.get('train_time_s', 0):.0f} s on {summary.get('device', '?')}, "
-        f"commit {summary.get('git_commit') or '?'}; exported {time.strftime('%Y-%m-%d')}.\n"
-    )
-    return "\n".join(lines)
 
 
 def push(out: Path, repo: str) -> str:

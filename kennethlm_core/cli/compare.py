@@ -182,7 +182,8 @@ def compare(
     )
     _print_comparison(summary)
     if summary.get("secondary"):
-        from kennethlm_core.ledger import secondary_cell, secondary_entry
+        from kennethlm_core.entries import secondary_entry
+        from kennethlm_core.results import secondary_cell
 
         sec = summary["secondary"]
         cell = secondary_cell({sec["task"]: secondary_entry(sec)}, sec["task"])

@@ -30,7 +30,8 @@ def registry():
 def registry_render(page_paths, check):
     """Write the ledger's tables into the results page (docs/results.md) and README.md."""
     from kennethlm_core.config import load_registry_doc, registry_path
-    from kennethlm_core.ledger import RESULTS_PAGE, pages, render_files, render_page
+    from kennethlm_core.ledger import render_files
+    from kennethlm_core.results import RESULTS_PAGE, pages, render_page
 
     path = registry_path()
     for page in page_paths:
@@ -74,7 +75,8 @@ def registry_reset_record(keep_as):
     first comparison against the record on the current schema.
     """
     from kennethlm_core.config import registry_path
-    from kennethlm_core.ledger import LEDGER_SCHEMA, reset_record
+    from kennethlm_core.entries import LEDGER_SCHEMA
+    from kennethlm_core.ledger import reset_record
 
     path = registry_path()
     kept = reset_record(path, keep_as)

@@ -19,7 +19,7 @@ from kennethlm_core.cli.base import _console, _registry, cli
 def list_plugins(ctx, as_json, slot):
     """Every component by slot, with its distribution, version and status in registry.toml."""
     from kennethlm_core.config import load_registry_doc
-    from kennethlm_core.ledger import component_status
+    from kennethlm_core.entries import component_status
 
     registry = _registry(ctx)
     if slot is not None:

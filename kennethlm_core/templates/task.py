@@ -14,7 +14,7 @@ SENTENCES = (
 class Starter(Task):
     name = "$name"
 
-    def evaluate(self, lm, *, data=None, limit=None):
+    def measure(self, lm, *, data=None, limit=None):
         sentences = SENTENCES[:limit] if limit else SENTENCES
         bits = [-lm.score("", s) / math.log(2) for s in sentences]  # score() is in nats
         nbytes = sum(len(s.encode("utf-8")) for s in sentences)

@@ -213,8 +213,7 @@ class AcceptabilityTask(Task):
     data_dir = "acceptability"
     default_limit = 500
 
-    def evaluate(self, lm, *, data=None, limit=None) -> TaskResult:
-        limit = self.default_limit if limit is None else limit
+    def measure(self, lm, *, data=None, limit=None) -> TaskResult:
         sentences, labelled, source = self._load(data)
         chosen = sample_rows([{"id": s.id, "s": s} for s in sentences], None, key="id")
         pairs = []  # (kind, sentence, corrupted)

@@ -61,8 +61,7 @@ class KnowledgeTask(Task):
     data_dir = "knowledge"
     default_limit = 300
 
-    def evaluate(self, lm, *, data=None, limit=None) -> TaskResult:
-        limit = self.default_limit if limit is None else limit
+    def measure(self, lm, *, data=None, limit=None) -> TaskResult:
         rows = load_rows(data, HUB_ID, "test", [])
         key = "id" if "id" in rows[0] else ("question" if "question" in rows[0] else "text")
         items = [parse(r) for r in sample_rows(rows, limit, key=key)]

@@ -117,8 +117,7 @@ class ReadingComprehensionTask(Task):
     data_dir = "qa"
     default_limit = 100
 
-    def evaluate(self, lm, *, data=None, limit=None) -> TaskResult:
-        limit = self.default_limit if limit is None else limit
+    def measure(self, lm, *, data=None, limit=None) -> TaskResult:
         rows = load_rows(data, HUB_ID, "test", COLUMNS)
         rows = sample_rows(rows, None, key="id" if "id" in rows[0] else "question")
         usable = [r for r in rows if any(a and a in r["context"] for a in r["answers"]["text"])]

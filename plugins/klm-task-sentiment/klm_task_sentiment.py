@@ -93,8 +93,7 @@ class SentimentTask(Task):
     data_dir = "sentiment"
     default_limit = 300
 
-    def evaluate(self, lm, *, data=None, limit=None) -> TaskResult:
-        limit = self.default_limit if limit is None else limit
+    def measure(self, lm, *, data=None, limit=None) -> TaskResult:
         rows, shots = self._load(data, limit)
         gold = np.array([label_index(r["label"]) for r in rows])
         prompts, n_used = zip(*(build_prompt(lm, r["text"], shots) for r in rows), strict=True)

@@ -59,8 +59,7 @@ class SummarizationTask(Task):
     data_dir = "summarization"
     default_limit = 20
 
-    def evaluate(self, lm, *, data=None, limit=None) -> TaskResult:
-        limit = self.default_limit if limit is None else limit
+    def measure(self, lm, *, data=None, limit=None) -> TaskResult:
         rows = load_rows(data, HUB_ID, "test", COLUMNS)
         rows = sample_rows(rows, limit, key="id" if "id" in rows[0] else "text")
         prompts = [prompt_of(lm, r["text"]) for r in rows]
