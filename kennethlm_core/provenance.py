@@ -117,6 +117,7 @@ def _hash(files: tuple[tuple[str, Path], ...]) -> str:
 NOT_COMPUTING = {
     "__main__.py",
     "cli/",
+    "comparison.py",
     "experiment.py",
     "export.py",
     "hub_code/",
@@ -128,11 +129,13 @@ NOT_COMPUTING = {
     "provenance.py",
     "publish.py",
     "registry.py",
+    "report.py",
     "runlock.py",
     "scaffold.py",
     "sweep.py",
     "templates/",
     "testing.py",
+    "verdict.py",
 }
 
 
