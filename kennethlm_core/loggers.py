@@ -26,7 +26,7 @@ later, is dropped with one warning (LoggerWarning) while the run goes on without
 factory must be cheap and start nothing (``klm run`` builds it once to check the settings
 before any data is read): the tracker starts in ``open``.
 
-Loggers are WATCHING settings (config.py): not part of what a run computes, so a finished
+Loggers are WATCHING settings (runconfig.py): not part of what a run computes, so a finished
 run is reused by ``klm compare`` whatever its loggers, and ``--resume`` may add one.
 """
 

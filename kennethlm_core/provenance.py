@@ -117,6 +117,7 @@ def _hash(files: tuple[tuple[str, Path], ...]) -> str:
 NOT_COMPUTING = {
     "__main__.py",
     "cli/",
+    "comparison.py",
     "datacard.py",
     "entries.py",
     "experiment.py",
@@ -131,12 +132,14 @@ NOT_COMPUTING = {
     "provenance.py",
     "publish.py",
     "registry.py",
+    "report.py",
     "results.py",
     "runlock.py",
     "scaffold.py",
     "sweep.py",
     "templates/",
     "testing/",
+    "verdict.py",
 }
 
 
