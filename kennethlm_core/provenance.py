@@ -137,6 +137,7 @@ NOT_COMPUTING = {
     "runlock.py",
     "scaffold.py",
     "sweep.py",
+    "sweeptable.py",
     "templates/",
     "testing/",
     "verdict.py",

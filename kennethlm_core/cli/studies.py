@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from kennethlm_core import sweeptable
 from kennethlm_core.cli.base import _console, _disabled, _progress, _registry, cli
 from kennethlm_core.cli.options import (
     many_runs_options,
@@ -198,16 +199,16 @@ def sweep(ctx, grid, text_bytes, seeds, x_key, by_domain, markdown, jobs, out, f
     if not console.is_terminal:  # a log file or a pipe: no wrapping at 80 columns
         console.width = max(console.width, 120)
     if markdown:
-        click.echo(f"{sweep_mod.title(summary)}\n\n{sweep_mod.markdown(summary)}\n")
+        click.echo(f"{sweeptable.title(summary)}\n\n{sweeptable.markdown(summary)}\n")
         if by_domain:
-            click.echo(f"{sweep_mod.markdown(summary, by_domain=True)}\n")
+            click.echo(f"{sweeptable.markdown(summary, by_domain=True)}\n")
     else:
-        console.print(sweep_mod.table(summary))
+        console.print(sweeptable.table(summary))
         if by_domain:
-            console.print(sweep_mod.table(summary, by_domain=True))
-    for line in sweep_mod.notes(summary):
+            console.print(sweeptable.table(summary, by_domain=True))
+    for line in sweeptable.notes(summary):
         console.print(line, soft_wrap=True)
-    plots = ["sweep.png"] + ["sweep-domains.png"] * (len(sweep_mod.domains(summary)) > 1)
+    plots = ["sweep.png"] + ["sweep-domains.png"] * (len(sweeptable.domains(summary)) > 1)
     click.echo(
         f"written to {folder / 'summary.json'} and {', '.join(str(folder / p) for p in plots)}"
     )
