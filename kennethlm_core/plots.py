@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kennethlm_core.errors import KLMError
 from kennethlm_core.rundir import read_metrics
+from kennethlm_core.sweeptable import kilobytes
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
@@ -258,7 +259,9 @@ def plot_sweep(summary: dict, out: str | Path) -> Path:
     skipped = f"; {summary['skipped']} cells skipped" if summary.get("skipped") else ""
     skipped += f"; {failed} failed" if failed else ""
     ax.set_title(
-        f"val_bpb against {x}: {budget}, {seeds} seed{'s' * (seeds > 1)}{band}{skipped}",
+        f"val_bpb against {x}: {budget}, {seeds} seed{'s' * (seeds > 1)}{band}\n{skipped[2:]}"
+        if skipped
+        else f"val_bpb against {x}: {budget}, {seeds} seed{'s' * (seeds > 1)}{band}",
         fontsize=10,
     )
     return _save(fig, out)
@@ -288,7 +291,7 @@ def plot_sweep_domains(summary: dict, out: str | Path) -> Path:
         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
                 color="white" if v > middle else "black")  # fmt: skip
     scored = summary.get("domain_bytes", {})
-    ticks = [f"{d}\n{scored[d] / 1e3:,.0f} kB" if d in scored else d for d in names]
+    ticks = [f"{d}\n{kilobytes(scored[d])}" if d in scored else d for d in names]
     ax.set_xticks(range(len(names)), ticks)
     ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
     ax.set_xlabel("scored on (validation bytes of the domain)")

@@ -13,6 +13,11 @@ def domains(summary: dict[str, Any]) -> list[str]:
     return next((list(r["by_domain"]) for r in summary["cells"] if r.get("by_domain")), [])
 
 
+def kilobytes(n: int) -> str:
+    """Bytes as kilobytes, with a decimal below 10 kB: '326 kB', '0.4 kB'."""
+    return f"{n / 1e3:,.0f} kB" if n >= 10_000 else f"{n / 1e3:.1f} kB"
+
+
 def title(summary: dict[str, Any]) -> str:
     n = len(summary["seeds"])
     machine = summary["machine"] or "no run finished"
@@ -55,7 +60,7 @@ def domain_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     domain's kilobytes in the scored slice), mean ± std over the cell's seeds."""
     keys, names = list(summary["grid"]), domains(summary)
     scored = summary.get("domain_bytes", {})
-    heads = [f"{d} ({scored[d] / 1e3:,.0f} kB)" if d in scored else d for d in names]
+    heads = [f"{d} ({kilobytes(scored[d])})" if d in scored else d for d in names]
     out = []
     for row in summary["cells"]:
         got = row.get("by_domain") or {}
