@@ -1,6 +1,6 @@
 """Saving and loading without surprises: safetensors for tensors, JSON for the rest, and every
-write atomic (temporary file, fsync, rename), so a process killed at any moment leaves the
-previous file intact. Nothing here unpickles: loading a checkpoint never executes code.
+write atomic (atomic.py: temporary file, fsync, rename), so a process killed at any moment
+leaves the previous file intact. Nothing here unpickles: loading a checkpoint never executes code.
 
 A run folder holds ``model.safetensors`` (the weights, for eval and sampling) and
 ``checkpoint.safetensors`` (weights, optimizer state, random generators, data position and
@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from kennethlm_core.atomic import atomic_write_bytes
 from kennethlm_core.errors import CheckpointError
+
+# isort: split
+# Moved to atomic.py; kept importable from here for code written before the move.
+from kennethlm_core.atomic import atomic_write_json, atomic_write_text  # noqa: F401
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"
@@ -29,36 +34,6 @@ WEIGHTS = "model.safetensors"
 
 class NonFiniteWeights(CheckpointError):
     """A weight holds NaN or infinity: the save was refused and the file there is kept."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if path.exists():  # a replaced file keeps its permissions (README.md, registry.toml)
-            os.fchmod(fd, path.stat().st_mode & 0o7777)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -86,8 +61,6 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _metadata(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
     with safe_open(path, framework="pt") as f:
         return json.loads((f.metadata() or {}).get("klm", "{}"))
 

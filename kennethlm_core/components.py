@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tokenizers
 import torch
 from torch import nn
 
-from kennethlm_core.checkpoint import atomic_write_text
+from kennethlm_core.atomic import atomic_write_text
 from kennethlm_core.errors import CheckpointError, ConfigError
 
 
@@ -145,18 +147,17 @@ class HFTokenizer(Tokenizer):
     DEFAULT_VOCAB = 4096
 
     def __init__(self, vocab_size: int = 0):
-        from tokenizers import Tokenizer as Library
-        from tokenizers import decoders, pre_tokenizers
-
         if vocab_size and vocab_size <= 257:
             raise ConfigError(
                 f"{self.name} vocab_size must exceed 257 (256 bytes + the document token), "
                 f"got {vocab_size}; 0 gives {self.DEFAULT_VOCAB}"
             )
         self.target_size = vocab_size or self.DEFAULT_VOCAB
-        self.lib = Library(self.model())
-        self.lib.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        self.lib.decoder = decoders.ByteLevel()
+        self.lib = tokenizers.Tokenizer(self.model())
+        self.lib.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(
+            add_prefix_space=False, use_regex=True
+        )
+        self.lib.decoder = tokenizers.decoders.ByteLevel()
         self._ready()
 
     def model(self) -> Any:
@@ -172,12 +173,10 @@ class HFTokenizer(Tokenizer):
         self.lib.encode_special_tokens = True
 
     def train(self, texts: Iterable[str]) -> None:
-        from tokenizers import pre_tokenizers
-
         trainer = self.trainer(
             vocab_size=self.target_size,
             special_tokens=[self.DOC],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
         self.lib.train_from_iterator(texts, trainer)
@@ -205,16 +204,12 @@ class HFTokenizer(Tokenizer):
         return self.lib.to_str()
 
     def restore(self, state: str) -> None:
-        import json
-
-        from tokenizers import Tokenizer as Library
-
         kind = type(self.model()).__name__
         data = json.loads(state)
         specials = {t.get("content") for t in data.get("added_tokens") or []}
         if data.get("model", {}).get("type") != kind or self.DOC not in specials:
             raise ValueError(f"not a {self.name} tokenizer ({kind} with {self.DOC})")
-        self.lib = Library.from_str(state)
+        self.lib = tokenizers.Tokenizer.from_str(state)
         self._ready()
 
 

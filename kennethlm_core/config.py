@@ -19,6 +19,7 @@ This module imports neither torch nor any plugin.
 from __future__ import annotations
 
 import difflib
+import glob
 import os
 from pathlib import Path
 from typing import Any
@@ -206,8 +207,6 @@ def corpus_component(corpus: str, registry: Any) -> Any:
 
 
 def looks_like_path(text: str) -> bool:
-    import glob
-
     return Path(text).expanduser().exists() or bool(glob.glob(os.path.expanduser(text)))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from kennethlm_core import __version__
 from kennethlm_core.components import Corpus
@@ -28,8 +29,6 @@ NO_SOURCE = "(no source)"  # the card's name for rows without one
 
 def card_record(folder: Path) -> dict[str, Any] | None:
     """The ``klm_export`` record of the card in ``folder``, or None when it has none."""
-    import yaml
-
     try:
         text = (folder / "README.md").read_text(encoding="utf-8")
         front = re.match(r"---\n(.*?)\n---\n", text, re.DOTALL)
@@ -85,8 +84,6 @@ class Card:
     where: str  # what load_dataset is given: the hub repository, or a path to the folder
 
     def render(self) -> str:
-        import yaml
-
         meta = self.metadata()
         front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=88)
         return f"---\n{front}---\n\n{self.body(meta[MARKER])}\n"

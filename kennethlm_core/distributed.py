@@ -23,10 +23,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import torch
+import torch.distributed as td
+from torch.nn.parallel import DistributedDataParallel
 
 from kennethlm_core.errors import ConfigError
 from kennethlm_core.provenance import child_env
@@ -57,8 +62,6 @@ class Dist:
         """The module to call for training steps: DDP around the model when active."""
         if not self.active:
             return model
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [self.local_rank] if next(model.parameters()).is_cuda else None
         return DistributedDataParallel(model, device_ids=ids)
 
@@ -66,8 +69,6 @@ class Dist:
         """The mean of a tensor over ranks (the tensor itself with one process)."""
         if not self.active:
             return value
-        import torch.distributed as td
-
         value = value.clone()
         td.all_reduce(value, op=td.ReduceOp.SUM)
         return value / self.world
@@ -76,9 +77,6 @@ class Dist:
         """Whether ``flag`` is true on any rank; every rank gets the same answer."""
         if not self.active:
             return flag
-        import torch
-        import torch.distributed as td
-
         value = torch.tensor([1.0 if flag else 0.0], device=device)
         td.all_reduce(value, op=td.ReduceOp.MAX)
         return bool(value.item())
@@ -87,16 +85,12 @@ class Dist:
         """Rank 0's ``obj`` on every rank."""
         if not self.active:
             return obj
-        import torch.distributed as td
-
         box = [obj]
         td.broadcast_object_list(box, src=0)
         return box[0]
 
     def barrier(self) -> None:
         if self.active:
-            import torch.distributed as td
-
             td.barrier()
 
     @contextlib.contextmanager
@@ -121,9 +115,6 @@ def setup() -> Dist:
     if world <= 1:
         _current = Dist()
         return _current
-    import torch
-    import torch.distributed as td
-
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -140,8 +131,6 @@ def setup() -> Dist:
 
 
 def _leave() -> None:
-    import torch.distributed as td
-
     if td.is_initialized():
         td.destroy_process_group()
 
@@ -166,8 +155,6 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     torchrun runs in a session of its own, so a Ctrl-C reaches the workers once, through
     torchrun (which passes SIGINT/SIGTERM on to them), not a second time from the terminal.
     """
-    import signal
-
     env = child_env()  # the ranks run this process's code, whatever the working directory
     env.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
     command = [

@@ -1,4 +1,5 @@
-"""Errors the user can fix. The CLI prints them as one line and exits with code 2."""
+"""Errors the user can fix (the CLI prints them as one line and exits with code 2), and the
+warning that a plugin could not be loaded."""
 
 
 class KLMError(Exception):
@@ -32,6 +33,10 @@ class NonFiniteLoss(KLMError):
 class WriteFailed(KLMError):
     """A run file could not be written (a full disk, a file-size limit); the previous
     checkpoint is kept."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded; the rest of KennethLM works without it."""
 
 
 def first_line(e: Exception) -> str:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from kennethlm_core import precision
-from kennethlm_core.checkpoint import WEIGHTS, atomic_write_json, load_weights
+from kennethlm_core.atomic import atomic_write_json
+from kennethlm_core.checkpoint import WEIGHTS, load_weights
 from kennethlm_core.data import SPLITS
 from kennethlm_core.device import pick_device
 from kennethlm_core.errors import ConfigError, DataError

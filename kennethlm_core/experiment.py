@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from kennethlm_core import runlock
+from kennethlm_core.atomic import atomic_write_json
 from kennethlm_core.comparison import ARMS, Comparison, arm_configs
 from kennethlm_core.config import RunConfig, resolve
 from kennethlm_core.errors import ConfigError, Interrupted
 from kennethlm_core.jobs import Job, run_jobs, run_state
+from kennethlm_core.provenance import planned_provenance, sentence
 from kennethlm_core.report import (
     SecondaryMetric,
     check_secondary,
@@ -99,9 +101,9 @@ def plan_jobs(
 
     A run to reuse or resume is checked against the code and data this comparison would run
     now (run_state)."""
+    # not at the top, for `klm --help`: checkpoint, plugins and rundir import torch
     from kennethlm_core.checkpoint import read_checkpoint
     from kennethlm_core.plugins import get_registry
-    from kennethlm_core.provenance import planned_provenance
     from kennethlm_core.rundir import branch_source, snapshot_path
 
     registry = registry or get_registry()
@@ -185,9 +187,7 @@ def _run_comparison(
     summary.json under ``secondary`` (see secondary_values); it does not decide the verdict.
 
     ``allow_changes``: reuse or resume runs whose code or data changed (see run_state)."""
-    from kennethlm_core.checkpoint import atomic_write_json
-    from kennethlm_core.plots import plot_paths
-    from kennethlm_core.provenance import sentence
+    from kennethlm_core.plots import plot_paths  # imports torch: not at the top, for `klm --help`
 
     load_now = load_average()
     check_metric(comp.metric, registry)

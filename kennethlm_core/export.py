@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from kennethlm_core import logs, provenance
 from kennethlm_core.builtin.tokenizers import ByteTokenizer, CharTokenizer
@@ -113,8 +116,6 @@ def export_run(
     log: Any = lambda message: None,
 ) -> ModelExport:
     """Write the run folder ``run`` as a Hugging Face model folder ``out`` (see the module)."""
-    import transformers
-
     logs.quiet("transformers")
     run, out = Path(run), Path(out)
     check_out(out, force, flag="--to", command="klm export", foreign=foreign)
@@ -161,8 +162,6 @@ def export_run(
 
 def gpt2_model(lm: Any) -> Any:
     """The run's GPT as a stock GPT2LMHeadModel with the same weights."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     cfg, gpt = lm.config, lm.model
     doc = lm.tokenizer.doc_id
     config = GPT2Config(
@@ -271,9 +270,6 @@ def max_logit_diff(lm: Any, hf: Any) -> float:
 
 def hf_tokenizer(tok: Any, block_size: int) -> Any:
     """klm's tokenizer as a PreTrainedTokenizerFast with the same ids."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     if isinstance(tok, HFTokenizer):
         lib = Tokenizer.from_str(tok.to_json())
     elif isinstance(tok, ByteTokenizer):  # each byte one token, in byte order

@@ -26,7 +26,7 @@ from kennethlm_core.config import (
     resolve,
     same_config,
 )
-from kennethlm_core.errors import ConfigError, KLMError
+from kennethlm_core.errors import ConfigError, Interrupted, KLMError
 
 # -- the runs -------------------------------------------------------------------------------
 
@@ -97,6 +97,7 @@ def run_state(
 
 
 def _folder_state(job: Job, init_step: int | None, force: bool) -> str:
+    # imports torch: not at the top, for `klm --help`
     from kennethlm_core.checkpoint import CHECKPOINT
     from kennethlm_core.rundir import snapshot_path
 
@@ -120,7 +121,7 @@ def _folder_state(job: Job, init_step: int | None, force: bool) -> str:
 
 def execute(job: Job, registry: Any) -> dict[str, Any]:
     """Train one job in this process."""
-    from kennethlm_core.train import train
+    from kennethlm_core.train import train  # imports torch: not at the top, for `klm --help`
 
     return train(
         job.cfg,
@@ -149,8 +150,6 @@ def run_jobs(
     A run that fails stops them all, unless ``failed`` is given: then its one-line reason is
     kept there under the run folder's path and the other runs go on (a sweep, where a
     diverging cell is a result). Ctrl-C and SIGTERM always stop everything."""
-    from kennethlm_core.train import Interrupted
-
     todo = [j for j in jobs if j.mode != "done"]
     for job in jobs:
         if job.mode == "done":
@@ -255,7 +254,7 @@ def _finished(job: Job, summary: dict[str, Any]) -> str:
 
 def _worker(argv: list[str]) -> int:
     """`python -m kennethlm_core.jobs JOB_JSON`: train one job (a subprocess of run_jobs)."""
-    from kennethlm_core.errors import Interrupted
+    # imports torch: not at the top, for `klm --help`
     from kennethlm_core.plugins import get_registry
 
     spec = json.loads(argv[0])
@@ -282,7 +281,7 @@ def _worker(argv: list[str]) -> int:
 def prepare_points(cfgs: list[RunConfig], registry: Any, say: Callable[[str], None]) -> list:
     """The prepared data (data.PreparedData) of every configuration, each corpus and
     tokenizer prepared once, before any run starts (parallel runs then only read the cache)."""
-    from kennethlm_core.data import prepare_data
+    from kennethlm_core.data import prepare_data  # imports torch: not at the top, for `klm --help`
 
     prepared: dict[tuple, Any] = {}
     out = []
@@ -298,6 +297,7 @@ def prepare_points(cfgs: list[RunConfig], registry: Any, say: Callable[[str], No
 def with_resolved_mix(cfg: RunConfig, prepared: Any) -> RunConfig:
     """The configuration with its mix written as the weights a run records in config.json
     (a temperature or unnormalised weights would not match the saved run when reused)."""
+    # imports torch: not at the top, for `klm --help`
     from kennethlm_core.data import format_mix, mix_weights
 
     if not cfg.mix:
@@ -330,9 +330,7 @@ def run_points(
     ``keep_going`` a run that fails is recorded and the others go on. Returns ({name: [Job per
     seed]}, {run folder: why it failed}).
     """
-    from kennethlm_core import precision
-    from kennethlm_core.provenance import planned_provenance, sentence
-    from kennethlm_core.train import Interrupted
+    from kennethlm_core import precision  # imports torch: not at the top, for `klm --help`
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, (cores or 1) // jobs) if jobs > 1 else 0
@@ -344,12 +342,12 @@ def run_points(
             job = Job(name, seed, run_cfg, folder / name / f"seed-{seed}")
             job.allow_changes = allow_changes
             if current is None and (job.out / "config.json").exists():
-                current = planned_provenance(run_cfg, registry)
+                current = provenance.planned_provenance(run_cfg, registry)
             job.mode = run_state(job, None, force, current=current, allow_changes=allow_changes)
             plan.setdefault(name, []).append(job)
     todo = [j for js in plan.values() for j in js]
     for job in (j for j in todo if j.changes):
-        say(f"{job.label}: {sentence(job.changes)}; used anyway (--allow-changes)")
+        say(f"{job.label}: {provenance.sentence(job.changes)}; used anyway (--allow-changes)")
     failed: dict[str, str] = {}
     decided: Any = contextlib.nullcontext()
     if any(j.mode != "done" for j in todo):

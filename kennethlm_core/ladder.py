@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kennethlm_core import runlock
-from kennethlm_core.checkpoint import atomic_write_json
+from kennethlm_core.atomic import atomic_write_json
 from kennethlm_core.config import BUDGET_KEYS, RunConfig, build_config, resolve
 from kennethlm_core.errors import ConfigError
 from kennethlm_core.experiment import describe_budget, folder_name, mean_std

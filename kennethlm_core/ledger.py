@@ -23,7 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kennethlm_core.config import registry_path
+import tomlkit
+from filelock import FileLock, Timeout
+
+from kennethlm_core.atomic import atomic_write_text
+from kennethlm_core.config import load_registry_doc, registry_path
 from kennethlm_core.entries import (
     LEDGER_SCHEMA,
     entry_schema,
@@ -72,8 +76,6 @@ def ledger_lock(path: Path | None = None) -> Iterator[None]:
     Reentrant within a process (one lock object per file), so ``klm compare --record`` holds it
     across the append, the promotion and the render of the pages, and each of those takes it again.
     """
-    from filelock import FileLock, Timeout
-
     lock = FileLock(str(lock_path(path).resolve()), is_singleton=True)
     try:
         lock.acquire(timeout=LOCK_TIMEOUT_S)
@@ -89,8 +91,6 @@ def ledger_lock(path: Path | None = None) -> Iterator[None]:
 
 
 def _read(path: Path):
-    import tomlkit
-
     try:
         return tomlkit.parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -100,17 +100,11 @@ def _read(path: Path):
 
 
 def _write(path: Path, doc) -> None:
-    import tomlkit
-
-    from kennethlm_core.checkpoint import atomic_write_text
-
     atomic_write_text(path, tomlkit.dumps(doc))
 
 
 def _toml(value: Any):
     """Dicts become inline tables, so an entry stays one block under [[experiments]]."""
-    import tomlkit
-
     if isinstance(value, dict):
         table = tomlkit.inline_table()
         table.update({k: _toml(v) for k, v in value.items()})
@@ -130,8 +124,6 @@ def _find(doc, entry: dict[str, Any]):
 
 def _check_schema(doc, path: Path) -> None:
     """Refuse a ledger written by a newer klm; give one without ``ledger_schema`` the current."""
-    import tomlkit
-
     found = doc.get("ledger_schema", 1)
     if found > LEDGER_SCHEMA:
         raise ConfigError(
@@ -148,8 +140,6 @@ def _check_schema(doc, path: Path) -> None:
 def append_experiment(entry: dict[str, Any], path: Path | None = None) -> bool:
     """Add an [[experiments]] table at the end of registry.toml; the rest stays as it was.
     False, and nothing written, when the same result is in the ledger already."""
-    import tomlkit
-
     path = path or registry_path()
     with ledger_lock(path):
         doc = _read(path)
@@ -187,8 +177,6 @@ def promote(
 
 
 def _promote(entry: dict[str, Any], candidate_config: dict[str, Any], path: Path, test=None):
-    import tomlkit
-
     doc = _read(path)
     record = doc.get("recipes", {}).get("record")
     if record is None:
@@ -237,8 +225,6 @@ def reset_record(path: Path | None = None, keep_as: str = "record-v1") -> dict[s
     current schema were measured against the record (they would count as measured against the
     restarted chain's r0). Returns the kept recipe.
     """
-    import tomlkit
-
     path = path or registry_path()
     with ledger_lock(path):
         doc = _read(path)
@@ -302,9 +288,6 @@ def render_files(
     """Rewrite the tables of each (page, tables) from registry.toml, under its lock (so a
     render never writes tables from a ledger another klm has changed since); returns the pages
     that changed. Every page is rendered before any is written, so a refused one stops all."""
-    from kennethlm_core.checkpoint import atomic_write_text
-    from kennethlm_core.config import load_registry_doc
-
     registry = registry or registry_path()
     with ledger_lock(registry):
         doc = load_registry_doc(registry)

@@ -84,7 +84,7 @@ def quiet_loaded() -> None:
 def quiet_datasets():
     """The datasets library, its progress bars and its and huggingface_hub's logs quietened.
     Imported here, when a corpus or task first reads with it, so that `klm --help` does not."""
-    import datasets
+    import datasets  # heavy: imported here, as the docstring says
     import huggingface_hub
 
     datasets.disable_progress_bars()

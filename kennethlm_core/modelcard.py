@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kennethlm_core.components import HFTokenizer
 from kennethlm_core.config import load_recipe, recipe_names
 from kennethlm_core.datacard import MARKER
@@ -26,8 +28,6 @@ def model_card(run: Path, lm: Any, kind: str, why: list[str], config: Any, diff:
     """README.md of the export of ``run`` (loaded as ``lm``): ``kind`` is "gpt2" or "remote
     code" (``why``: the parts a stock GPT-2 lacks), ``config`` the exported model's
     configuration and ``diff`` its logits' largest difference from the run's."""
-    import yaml
-
     remote = kind != "gpt2"
     summary = _read_json(run / "summary.json")
     meta = {

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from kennethlm_core.errors import KLMError
 from kennethlm_core.rundir import read_metrics
 from kennethlm_core.sweeptable import kilobytes
@@ -67,11 +69,10 @@ def experiment_title(s: dict) -> str:
 
 
 def plot_groups(groups: dict[str, list[Path]], out: str | Path, title: str = "") -> Path:
-    import matplotlib
+    import matplotlib  # heavy: imported when drawing, not with the module
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # after use("Agg"): drawing to files
     from matplotlib.ticker import EngFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True, layout="constrained")
@@ -139,11 +140,10 @@ def branch_step(runs: list[Path]) -> int | None:
 def plot_ladder(summary: dict, out: str | Path) -> Path:
     """The ladder (klm ladder): final val_bpb per step (mean, ±1 sd over seeds) on the left,
     each step's val_bpb during training on the right."""
-    import matplotlib
+    import matplotlib  # heavy: imported when drawing, not with the module
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # after use("Agg"): drawing to files
     from matplotlib.ticker import EngFormatter
 
     rows = summary["steps"]
@@ -203,11 +203,10 @@ def plot_sweep(summary: dict, out: str | Path) -> Path:
     of ±1 sd. Skipped cells and cells without a finished seed leave a gap; a series with no
     point at all is left out. Along vocab_size a point sits at the vocabulary the tokenizer
     really has (char stops at the characters it saw)."""
-    import matplotlib
+    import matplotlib  # heavy: imported when drawing, not with the module
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # after use("Agg"): drawing to files
 
     x, cells = summary["x"], summary["cells"]
     others = [k for k in summary["grid"] if k != x]
@@ -272,11 +271,10 @@ def plot_sweep_domains(summary: dict, out: str | Path) -> Path:
     a column per domain, each square the mean over seeds (its value written in it). Read
     along a row for where one setting is strong and weak; along a column for which setting
     suits a domain. A transfer matrix when the cells train on one domain each."""
-    import matplotlib
+    import matplotlib  # heavy: imported when drawing, not with the module
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # after use("Agg"): drawing to files
 
     rows = [r for r in summary["cells"] if r.get("by_domain")]
     names = list(rows[0]["by_domain"]) if rows else []

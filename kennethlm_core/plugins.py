@@ -29,15 +29,11 @@ import pluggy
 
 from kennethlm_core import builtin, hookspecs, logs
 from kennethlm_core.config import field_names
-from kennethlm_core.errors import KLMError, UnknownComponent
+from kennethlm_core.errors import KLMError, PluginWarning, UnknownComponent
 from kennethlm_core.hookspecs import PROJECT, SLOTS
 
 BUILTIN = "kennethlm"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
-
-
-class PluginWarning(UserWarning):
-    """A plugin could not be loaded; the rest of KennethLM works without it."""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kennethlm_core.atomic import atomic_write_json
 from kennethlm_core.config import selected_components
 from kennethlm_core.errors import CheckpointError, ConfigError
 
@@ -330,10 +331,6 @@ def load(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def save(run_dir: str | Path, record: dict[str, Any]) -> None:
-    from kennethlm_core.checkpoint import (
-        atomic_write_json,
-    )  # imports torch: not at the top, for `klm --help`
-
     atomic_write_json(Path(run_dir) / FILE, record)
 
 

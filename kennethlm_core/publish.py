@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import numpy as np
 
 from kennethlm_core import logs
@@ -215,7 +216,7 @@ def export_split(
 def _collect(corpus: Corpus, plan: Plan, docs: np.ndarray, path: Path) -> dict[str, dict]:
     """Write the documents at positions ``docs`` to the Arrow file ``path``, in corpus order;
     return per source its documents, bytes and the licences its rows state."""
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow is heavy: imported only to read or write parquet
 
     schema = pa.schema([(c, pa.string()) for c in COLUMNS])
     wanted = np.zeros(len(plan.doc_chunks), dtype=bool)
@@ -263,7 +264,7 @@ def _any(sources: dict[str, dict], column: str) -> bool:
 def _write_parquet(rows: Path, order, shards, paths, columns, sizes) -> None:
     """Write the rows of the Arrow file ``rows`` in ``order`` to the parquet files ``paths``,
     shard ``k`` holding positions ``shards[k]`` of ``order``."""
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow is heavy: imported only to read or write parquet
     import pyarrow.parquet as pq
 
     paths[0].parent.mkdir(parents=True, exist_ok=True)
@@ -341,8 +342,6 @@ def upload(
     """Create the hub repository ``repo`` if need be and upload the folder ``out`` to it, with
     huggingface_hub's own calls; offline or on any failure, one KLMError ending in ``later``
     (what is written, and how to push it by hand)."""
-    import huggingface_hub
-
     logs.quiet("huggingface_hub")
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,6 @@ def registry_path() -> Path:
 
 
 def load_registry_doc(path: Path | None = None) -> dict[str, Any]:
-    import tomllib
-
     path = path or registry_path()
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from kennethlm_core.atomic import atomic_write_json
 from kennethlm_core.comparison import ARMS, Comparison, candidate_settings
 from kennethlm_core.config import BUDGET_KEYS, RunConfig
 from kennethlm_core.errors import ConfigError, DataError, KLMError
@@ -117,7 +118,7 @@ def check_secondary(sec: SecondaryMetric, cfg: RunConfig, registry: Any) -> int:
     """Fail before training when the secondary metric cannot run: a dry run of the task on a
     fixture model (fixtures.ScriptedModel, no training needed), which loads the task's data
     (the local path, or its hub set) and scores it. Returns the examples scored per run."""
-    from kennethlm_core.evaluate import task_data
+    from kennethlm_core.evaluate import task_data  # imports torch: not at the top, for `klm --help`
     from kennethlm_core.fixtures import ScriptedModel
 
     try:
@@ -144,8 +145,7 @@ def secondary_result(
     """The task's result on one run: from the run's eval.json when it was scored there on the
     same data and limit, else scored now (evaluate.run_tasks) and kept there under ``sec.key``
     (the task's own key stays as ``klm eval`` left it)."""
-    from kennethlm_core.checkpoint import atomic_write_json
-    from kennethlm_core.evaluate import run_tasks
+    from kennethlm_core.evaluate import run_tasks  # imports torch: not at the top, for `klm --help`
 
     path = run / "eval.json"
     before = json.loads(path.read_text()) if path.exists() else {}
@@ -173,7 +173,7 @@ def secondary_values(
     forward passes, which two threads on a busy machine make 10 to 30 times slower (measured:
     a ~1M-parameter run's 20 summaries of 128 tokens took 5 s on one thread, 124-160 s on two
     at a load of 5 on two cores)."""
-    import torch
+    import torch  # not at the top, for `klm --help`
 
     metrics: dict[str, dict[str, Any]] = {m: {arm: [] for arm in ARMS} for m in sec.metrics}
     ns = []

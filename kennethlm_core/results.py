@@ -10,9 +10,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kennethlm_core.comparison import describe_budget
 from kennethlm_core.config import registry_path
 from kennethlm_core.entries import LEDGER_SCHEMA, entry_schema, promotions
 from kennethlm_core.errors import ConfigError
+from kennethlm_core.report import SECONDARY_TASK
 
 MARKERS = {
     "record-log": ("<!-- record-log:begin (klm registry render) -->", "<!-- record-log:end -->"),
@@ -44,8 +46,6 @@ def _settings(value: dict[str, Any]) -> str:
 
 
 def _budget(exp: dict[str, Any]) -> str:
-    from kennethlm_core.experiment import describe_budget
-
     text = describe_budget(exp.get("budget", {}))
     if exp.get("branch_at") is not None:
         text += f", branched at {exp['branch_at']:g}"
@@ -193,8 +193,6 @@ def render_tables(doc: dict[str, Any]) -> dict[str, str]:
     """{'record-log', 'results', 'negative', 'ledger-v1', 'current-record': markdown} from the
     ledger: all but 'ledger-v1' of the current schema's entries, 'ledger-v1' of schema 1's
     (history, apart)."""
-    from kennethlm_core.experiment import SECONDARY_TASK
-
     exps = list(doc.get("experiments", []))
     newer = sorted({entry_schema(e) for e in exps} - set(range(1, LEDGER_SCHEMA + 1)))
     if newer:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from kennethlm_core import provenance
-from kennethlm_core.checkpoint import CHECKPOINT, WEIGHTS, atomic_write_json, atomic_write_text
+from kennethlm_core.atomic import atomic_write_json, atomic_write_text
+from kennethlm_core.checkpoint import CHECKPOINT, WEIGHTS
 from kennethlm_core.config import BUDGET_KEYS, WATCHING, RunConfig, coerce, resolve, same_config
 from kennethlm_core.errors import CheckpointError, ConfigError
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
+from kennethlm_core.atomic import atomic_write_json
 from kennethlm_core.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
-    atomic_write_json,
     save_checkpoint,
     save_weights,
 )

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from kennethlm_core import precision, provenance
+from kennethlm_core.atomic import atomic_write_text
 from kennethlm_core.checkpoint import (
     CHECKPOINT,
-    atomic_write_text,
     load_checkpoint,
     read_checkpoint,
     unique_state,

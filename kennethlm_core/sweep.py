@@ -25,6 +25,7 @@ with too. Its tables (rich, Markdown, per domain) are in sweeptable.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 from collections.abc import Callable
@@ -33,8 +34,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kennethlm_core import runlock
-from kennethlm_core.checkpoint import atomic_write_json
+from kennethlm_core.atomic import atomic_write_json
 from kennethlm_core.config import (
     BUDGET_KEYS,
     RunConfig,
@@ -103,8 +106,6 @@ def parse_grid(items: list[str] | tuple[str, ...], registry: Any) -> list[Axis]:
 
 
 def _not_a_setting(key: str, known: list[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return (
@@ -215,8 +216,6 @@ def tokens_for_bytes(text_bytes: int, cfg: RunConfig, data: Any) -> int:
     from domain d with the mix's weight w_d and carry bytes_d / tokens_d bytes a token there
     (document tokens counted as the windows count them), so a token is worth sum w_d bytes_d
     / tokens_d bytes."""
-    import numpy as np
-
     split = data.train
     nbytes = np.bincount(split.rows[:, DOMAIN], split.rows[:, BYTES], len(split.domains))
     weights = np.array(list(mix_weights(cfg.mix, split, cfg.block_size).values()))
@@ -236,8 +235,6 @@ def bytes_per_token(split: Any) -> float:
 
 def scored_bytes(split: Any) -> dict[str, int]:
     """UTF-8 bytes per domain in a slice of a split: how much text each domain's figure is."""
-    import numpy as np
-
     nbytes = np.bincount(split.rows[:, DOMAIN], split.rows[:, BYTES], len(split.domains))
     return {d: int(n) for d, n in zip(split.domains, nbytes, strict=True) if n}
 

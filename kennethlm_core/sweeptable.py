@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.table import Table
+
 
 def domains(summary: dict[str, Any]) -> list[str]:
     """The domains the cells were scored on, in the order of the first cell that has them."""
@@ -75,8 +77,6 @@ def domain_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def table(summary: dict[str, Any], by_domain: bool = False):
     """The sweep as a rich table (``by_domain``: val_bpb per scored domain instead)."""
-    from rich.table import Table
-
     columns, body = (domain_rows if by_domain else rows)(summary)
     name = f"{summary['name']} · val_bpb per domain" if by_domain else title(summary)
     out = Table(*columns, title=name)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 
 from kennethlm_core import logs
@@ -97,8 +98,6 @@ def load_rows(data: str | None, hub_id: str, split: str, columns: Sequence[str])
     .json, .parquet or .csv file, or a folder of them) when ``data`` is given, else from the
     Hugging Face hub (``datasets.load_dataset(hub_id, split=split)``)."""
     if data is None:
-        import huggingface_hub
-
         datasets = logs.quiet_datasets()
         try:  # a quick look first: offline, load_dataset retries for about a minute
             if not huggingface_hub.constants.HF_HUB_OFFLINE:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from kennethlm_core import precision, runlock
+from kennethlm_core import distributed, precision, runlock
 from kennethlm_core.checkpoint import CHECKPOINT
 from kennethlm_core.config import RunConfig
 from kennethlm_core.errors import ConfigError, Interrupted
@@ -78,8 +78,6 @@ def train(
     The run folder is locked while it trains (by rank 0 of several processes): another process
     training it is refused with its pid (runlock.py).
     """
-    from kennethlm_core import distributed
-
     out = Path(out)
     dist = distributed.setup()  # multi-process (torchrun): see distributed.py; else inert
     lock = runlock.hold(out, "training this run") if dist.is_main else contextlib.nullcontext()

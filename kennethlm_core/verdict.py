@@ -57,7 +57,7 @@ def paired_test(
     rules then apply unchanged, so a constant improvement smaller than min_effect is still
     inconclusive.
     """
-    import numpy as np
+    import numpy as np  # numpy and scipy: imported when testing, not for `klm --help`
     from scipy import stats
 
     b, c = np.asarray(baseline, dtype=float), np.asarray(candidate, dtype=float)
@@ -123,7 +123,7 @@ def metric_values(
     evaluated with the task runner unless the run's eval.json has it (and no data is given)."""
     if metric == "bpb":
         return [json.loads((r / "summary.json").read_text())["val_bpb"] for r in runs], False
-    from kennethlm_core.evaluate import run_tasks
+    from kennethlm_core.evaluate import run_tasks  # imports torch: not at the top, for `klm --help`
 
     task, _, name = metric.partition("/")
     values, higher = [], True

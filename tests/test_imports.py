@@ -3,14 +3,17 @@
 import-linter checks pyproject.toml's contract, which stacks the core's modules in layers, and
 one made here from the plugins/ folder: the core never imports a plugin. The plugins are single
 modules, which import-linter does not take as roots, so their own rules are read from their
-source: a plugin never imports another, and imports only the core's public modules. The last
-tests show each check failing on an import that breaks it.
+source: a plugin never imports another, and imports only the core's public modules. An import
+inside a function of the core says why it is not at the top (torch kept out of `klm --help`, a
+heavy library imported only where it is used) in a comment. The last tests show each check
+failing on an import that breaks it.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,6 +98,43 @@ def plugin_problems(plugin_files: dict[str, Path], core: list[str]) -> list[str]
     return problems
 
 
+def _says_why(line: str) -> bool:
+    """Whether a source line has a comment beyond ``noqa`` (which says what, not why)."""
+    comment = line.partition("#")[2]
+    return bool(re.sub(r"^\s*noqa(:\s*[A-Z0-9, ]+)?", "", comment).strip())
+
+
+def uncommented_local_imports(root: Path = REPO / "kennethlm_core") -> list[str]:
+    """``file:line: import`` of each import block inside a function of the core (templates/ and
+    hub_code/ are copied out, not imported) whose first line, or the line above it, has no
+    comment. A block is a run of import statements one after the other."""
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent)
+        if {"templates", "hub_code"} & set(rel.parts):
+            continue
+        source = path.read_text()
+        lines = source.splitlines()
+        tree = ast.parse(source)
+        local = {
+            id(node)
+            for func in ast.walk(tree)
+            if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef)
+            for node in ast.walk(func)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+        }
+        for node in ast.walk(tree):
+            for _, stmts in ast.iter_fields(node):  # body, orelse, ...: a block is in one
+                stmts = stmts if isinstance(stmts, list) else []
+                for before, stmt in zip([None, *stmts], stmts, strict=False):
+                    if id(stmt) not in local or isinstance(before, ast.Import | ast.ImportFrom):
+                        continue  # not local, or not the first of its block
+                    first, above = lines[stmt.lineno - 1], lines[stmt.lineno - 2]
+                    if not _says_why(first) and not above.lstrip().startswith("#"):
+                        problems.append(f"{rel}:{stmt.lineno}: {first.strip()}")
+    return problems
+
+
 def test_the_import_graph_keeps_its_contracts(tmp_path):
     assert LINT, "import-linter is a dev dependency: pip install -e '.[dev]'"
     plugins = plugin_modules()
@@ -133,6 +173,29 @@ def test_the_core_importing_a_plugin_is_caught(core_copy):
     assert proc.returncode == 1
     assert "kennethlm_core is not allowed to import klm_tweak_softcap" in proc.stdout
     assert "kennethlm_core.train -> klm_tweak_softcap" in proc.stdout
+
+
+def test_every_import_inside_a_function_says_why():
+    assert uncommented_local_imports() == []
+
+
+def test_an_uncommented_import_inside_a_function_is_caught(core_copy):
+    root, _ = core_copy
+    config = root / "kennethlm_core" / "config.py"
+    n = len(config.read_text().splitlines())
+    with open(config, "a") as f:
+        f.write(
+            "\n\ndef _planted():\n"
+            "    import json  # noqa: F401\n"  # a noqa says what, not why
+            "    from kennethlm_core import train  # noqa: F401\n"  # the same block
+            "    if json:\n"
+            "        # a reason, on the line above\n"
+            "        import shlex  # noqa: F401\n"
+            "    import difflib  # a reason, on the first line\n"
+        )
+    assert uncommented_local_imports(root / "kennethlm_core") == [
+        f"kennethlm_core/config.py:{n + 4}: import json  # noqa: F401"
+    ]
 
 
 def test_a_plugin_importing_the_core_privately_or_another_plugin_is_caught(tmp_path):

@@ -1,20 +1,30 @@
 """The baseline components, registered through the same hooks as any plugin."""
 
+from kennethlm_core.builtin import corpora
+from kennethlm_core.builtin.layers import (
+    MLP,
+    LearnedPositions,
+    NaiveAttention,
+    layernorm,
+    no_mlp,
+    no_norm,
+)
+from kennethlm_core.builtin.optim import adamw, constant, cosine
+from kennethlm_core.builtin.tasks import BPBTask
+from kennethlm_core.builtin.tokenizers import byte_tokenizer, char_tokenizer
+from kennethlm_core.components import PositionalEmbedding
 from kennethlm_core.hookspecs import hookimpl
+from kennethlm_core.model import GPT, Bigram
 
 
 @hookimpl
 def klm_register_model(register):
-    from kennethlm_core.model import GPT, Bigram
-
     register("gpt", GPT, "GPT assembled from the attention, posemb, norm and mlp slots")
     register("bigram", Bigram, "next-token logits from the current token alone", uses=())
 
 
 @hookimpl
 def klm_register_attention(register):
-    from kennethlm_core.builtin.layers import NaiveAttention
-
     register(
         "naive",
         NaiveAttention,
@@ -25,25 +35,18 @@ def klm_register_attention(register):
 
 @hookimpl
 def klm_register_posemb(register):
-    from kennethlm_core.builtin.layers import LearnedPositions
-    from kennethlm_core.components import PositionalEmbedding
-
     register("learned", LearnedPositions, "a trained vector per position, added (GPT-2)")
     register("none", lambda cfg: PositionalEmbedding(), "no positional information (NoPE)")
 
 
 @hookimpl
 def klm_register_norm(register):
-    from kennethlm_core.builtin.layers import layernorm, no_norm
-
     register("layernorm", layernorm, "LayerNorm, bias when --set bias=true")
     register("none", no_norm, "identity: no normalisation")
 
 
 @hookimpl
 def klm_register_mlp(register):
-    from kennethlm_core.builtin.layers import MLP, no_mlp
-
     register(
         "gelu",
         MLP,
@@ -55,31 +58,23 @@ def klm_register_mlp(register):
 
 @hookimpl
 def klm_register_optimizer(register):
-    from kennethlm_core.builtin.optim import adamw
-
     register("adamw", adamw, "AdamW; weight decay on matrices, none on biases and gains")
 
 
 @hookimpl
 def klm_register_schedule(register):
-    from kennethlm_core.builtin.optim import constant, cosine
-
     register("cosine", cosine, "linear warmup, cosine decay to min_lr_ratio over the budget")
     register("constant", constant, "linear warmup, then constant")
 
 
 @hookimpl
 def klm_register_tokenizer(register):
-    from kennethlm_core.builtin.tokenizers import byte_tokenizer, char_tokenizer
-
     register("char", char_tokenizer, "characters seen in training, UTF-8 byte fallback")
     register("byte", byte_tokenizer, "UTF-8 bytes, 256 tokens + document token")
 
 
 @hookimpl
 def klm_register_corpus(register):
-    from kennethlm_core.builtin import corpora
-
     register(
         "path", corpora.path_corpus, "local .jsonl/.jsonl.gz/.parquet/.txt file, folder or glob"
     )
@@ -103,6 +98,4 @@ def klm_register_corpus(register):
 
 @hookimpl
 def klm_register_task(register):
-    from kennethlm_core.builtin.tasks import BPBTask
-
     register("bpb", lambda cfg: BPBTask(), "bits per byte on validation text, per domain")

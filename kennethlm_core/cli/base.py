@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from kennethlm_core import logs
-from kennethlm_core.errors import KLMError
+from kennethlm_core.errors import Interrupted, KLMError, PluginWarning
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
-
     return Console(stderr=stderr, highlight=False)
 
 
@@ -46,6 +46,7 @@ def _disabled(ctx: click.Context | None) -> list[str]:
 
 
 def _registry(ctx: click.Context | None = None):
+    # imports torch: not at the top, for `klm --help`
     from kennethlm_core.plugins import get_registry
 
     return get_registry(_disabled(ctx))
@@ -95,8 +96,6 @@ _held: list[str] = []  # warnings about broken plugins, printed by flush_warning
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
-    from kennethlm_core.plugins import PluginWarning
-
     if issubclass(category, PluginWarning):  # held: an error about that plugin says it all
         _held.append(str(message))
     else:
@@ -115,9 +114,7 @@ def flush_warnings(error: str = "") -> None:
 def _plugin_failure(error: BaseException) -> str | None:
     """One line for an exception raised inside a plugin's code (a bug in the plugin, not in
     the user's input), or None when it came from elsewhere."""
-    import traceback
-
-    from kennethlm_core.plugins import _cache
+    from kennethlm_core.plugins import _cache  # imports torch: not at the top, for `klm --help`
 
     modules = {}
     for registry in _cache.values():
@@ -155,8 +152,6 @@ def main(argv: list[str] | None = None) -> None:
         print("klm: aborted", file=sys.stderr)
         sys.exit(130)
     except KLMError as e:
-        from kennethlm_core.errors import Interrupted
-
         message = " ".join(str(e).splitlines())  # one line, whatever the input held
         if isinstance(e, Interrupted) and os.environ.get("RANK", "0") != "0":
             sys.exit(130)  # several processes: rank 0 says it once

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.table import Table
 
-from kennethlm_core import ledger
+from kennethlm_core import experiment, ledger
 from kennethlm_core.cli.base import _console, _disabled, _progress, _registry, cli
 from kennethlm_core.cli.options import (
     many_runs_options,
@@ -16,16 +18,15 @@ from kennethlm_core.cli.options import (
     parse_run_args,
     run_options,
 )
+from kennethlm_core.config import BUDGET_KEYS
+from kennethlm_core.entries import secondary_entry
 from kennethlm_core.errors import KLMError
-from kennethlm_core.experiment import ALPHA, MIN_EFFECT, STANDARD_STEPS
+from kennethlm_core.experiment import ALPHA, MIN_EFFECT, STANDARD_STEPS, Arm
+from kennethlm_core.results import secondary_cell
 
 
 def _arm(option: str, text: str):
     """An arm of a comparison: a recipe name, or klm run arguments in one string."""
-    import shlex
-
-    from kennethlm_core.experiment import Arm
-
     text = text.strip()
     if not text.startswith("-"):
         return Arm(text, recipe=text or None)
@@ -132,9 +133,6 @@ def compare(
     klm compare --baseline baseline --candidate "--set lr=3e-3" --corpus ../shared/data/corpus
     klm compare --candidate "--posemb none" --branch-at 0.5     does it bend the trajectory?
     """
-    from kennethlm_core import experiment
-    from kennethlm_core.config import BUDGET_KEYS
-
     registry = _registry(ctx)
     recipe, shared = overrides_from(params)
     if recipe:
@@ -182,9 +180,6 @@ def compare(
     )
     _print_comparison(summary)
     if summary.get("secondary"):
-        from kennethlm_core.entries import secondary_entry
-        from kennethlm_core.results import secondary_cell
-
         sec = summary["secondary"]
         cell = secondary_cell({sec["task"]: secondary_entry(sec)}, sec["task"])
         click.echo(f"{sec['task']} (not deciding, {sec['n']} examples a run): {cell}")
@@ -197,8 +192,6 @@ compare.help = compare.help.replace("{steps}", str(STANDARD_STEPS))
 
 
 def _print_comparison(s: dict[str, Any]) -> None:
-    from rich.table import Table
-
     metric = "val_bpb" if s["metric"] == "bpb" else s["metric"]
     base, cand = s["arms"]["baseline"], s["arms"]["candidate"]
     table = Table("seed", f"baseline {metric}", f"candidate {metric}", "Δ", title=s["name"])

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import click
+from rich.table import Table
 
 from kennethlm_core.cli.base import _console, _registry, cli
+from kennethlm_core.config import build_config, parse_set, resolve
 
 
 @cli.group()
@@ -29,7 +31,7 @@ def data_stats(ctx, corpus, tokenizer, vocab_size, settings, as_json):
     Prepares the data the way `klm run` does (training the tokenizer and filling the token
     cache the first time), so a later run with the same corpus and tokenizer starts at once.
     """
-    from kennethlm_core.config import build_config, parse_set, resolve
+    # imports torch: not at the top, for `klm --help`
     from kennethlm_core.data import domain_stats, prepare_data
 
     registry = _registry(ctx)
@@ -44,8 +46,6 @@ def data_stats(ctx, corpus, tokenizer, vocab_size, settings, as_json):
         info |= {"vocab_size": prepared.tokenizer.vocab_size, "cache": str(prepared.cache_dir)}
         click.echo(json.dumps({**info, "domains": stats}, indent=2))
         return
-    from rich.table import Table
-
     title = f"{cfg.corpus} · {cfg.tokenizer} ({prepared.tokenizer.vocab_size:,} tokens)"
     table = Table(title=title)
     table.add_column("domain", no_wrap=True)
@@ -86,7 +86,7 @@ def data_export(ctx, corpus, split, out, force, repo, settings):
     bpb --data OUT` scores it. The split is the one `klm run` uses, so set val_fraction and
     test_fraction (--set) as the runs did. Only validation and test are published.
     """
-    from kennethlm_core.config import build_config, parse_set, resolve
+    # imports torch: not at the top, for `klm --help`
     from kennethlm_core.publish import check_out, check_split, export, push_to_hub
 
     check_split(split)  # before anything is read

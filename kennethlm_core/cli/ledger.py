@@ -8,7 +8,11 @@ from pathlib import Path
 import click
 
 from kennethlm_core.cli.base import cli
+from kennethlm_core.config import load_registry_doc, registry_path
+from kennethlm_core.entries import LEDGER_SCHEMA
 from kennethlm_core.errors import KLMError
+from kennethlm_core.ledger import render_files, reset_record
+from kennethlm_core.results import RESULTS_PAGE, pages, render_page
 
 
 @cli.group()
@@ -29,10 +33,6 @@ def registry():
 @click.option("--check", is_flag=True, help="Only check: exit 1 when the tables are stale.")
 def registry_render(page_paths, check):
     """Write the ledger's tables into the results page (docs/results.md) and README.md."""
-    from kennethlm_core.config import load_registry_doc, registry_path
-    from kennethlm_core.ledger import render_files
-    from kennethlm_core.results import RESULTS_PAGE, pages, render_page
-
     path = registry_path()
     for page in page_paths:
         if not page.is_file():
@@ -74,10 +74,6 @@ def registry_reset_record(keep_as):
     new chain r0, r1, ... from the comparisons of the current schema. Run it once, before the
     first comparison against the record on the current schema.
     """
-    from kennethlm_core.config import registry_path
-    from kennethlm_core.entries import LEDGER_SCHEMA
-    from kennethlm_core.ledger import reset_record
-
     path = registry_path()
     kept = reset_record(path, keep_as)
     click.echo(f"kept the record as [recipes.{keep_as}] ({kept['description'].split(':')[0]})")

@@ -3,6 +3,7 @@ them into settings (``overrides_from``) or back into a command line (``run_comma
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,6 @@ def run_flags() -> set[str]:
 
 def run_command(settings: dict[str, Any], recipe: str) -> str:
     """The ``klm run`` command line that trains with ``settings`` on top of ``recipe``."""
-    import shlex
-
     flags = run_flags()
     words = ["klm", "run", "--recipe", recipe]
     for key, value in settings.items():

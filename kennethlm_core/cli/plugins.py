@@ -6,8 +6,12 @@ import json
 from pathlib import Path
 
 import click
+from rich.table import Table
 
+from kennethlm_core import scaffold
 from kennethlm_core.cli.base import _console, _registry, cli
+from kennethlm_core.config import load_registry_doc
+from kennethlm_core.entries import component_status
 
 # -- klm list-plugins ---------------------------------------------------------------------
 
@@ -18,9 +22,6 @@ from kennethlm_core.cli.base import _console, _registry, cli
 @click.pass_context
 def list_plugins(ctx, as_json, slot):
     """Every component by slot, with its distribution, version and status in registry.toml."""
-    from kennethlm_core.config import load_registry_doc
-    from kennethlm_core.entries import component_status
-
     registry = _registry(ctx)
     if slot is not None:
         registry.names(slot)  # an unknown slot fails here, with the list of slots
@@ -51,8 +52,6 @@ def list_plugins(ctx, as_json, slot):
             )
         )
         return
-    from rich.table import Table
-
     table = Table("slot", "name", "distribution", "version", "summary", "status")
     for r in rows:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
@@ -89,10 +88,8 @@ def new_plugin(ctx, name, slot, directory):
     klm new-plugin sliding-window --slot attention
       -> plugins/klm-attention-sliding-window/  (pyproject.toml, module, tests/, README.md)
     """
-    from kennethlm_core.scaffold import check_request, new_plugin
-
-    check_request(name, slot, directory)  # a bad name or slot fails before loading plugins
-    target = new_plugin(name, slot, directory, registry=_registry(ctx))
+    scaffold.check_request(name, slot, directory)  # a bad name or slot fails before loading plugins
+    target = scaffold.new_plugin(name, slot, directory, registry=_registry(ctx))
     files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
     click.echo(f"wrote {target}/: {', '.join(files)}")
     click.echo(f"install it:  .venv/bin/pip install --no-build-isolation -e {target}")

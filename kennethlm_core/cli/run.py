@@ -10,13 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
+from kennethlm_core import provenance
+from kennethlm_core.atomic import atomic_write_json
 from kennethlm_core.cli import base
 from kennethlm_core.cli.base import _console, _registry, cli, flush_warnings
 from kennethlm_core.cli.options import (
     overrides_from,
     run_options,
 )
+from kennethlm_core.config import build_config, resolve
 from kennethlm_core.errors import KLMError
 
 
@@ -49,8 +54,7 @@ def run(ctx, out, resume, force, allow_changes, quiet, nproc, **params):
     provenance.json  the corpus, data pipeline, tokenizer and code (commit, plugins) it used
     model.safetensors, checkpoint.safetensors, tokenizer/, summary.json
     """
-    from kennethlm_core import distributed, provenance
-    from kennethlm_core.config import build_config, resolve
+    from kennethlm_core import distributed  # imports torch: not at the top, for `klm --help`
     from kennethlm_core.rundir import check_run_dir, resume_config
     from kennethlm_core.train import preflight
 
@@ -86,6 +90,7 @@ def run(ctx, out, resume, force, allow_changes, quiet, nproc, **params):
     if cfg.size == "auto" and not resume:  # a resumed run keeps the shape it started with
         if nproc > 1 or dist.active:
             raise KLMError("--size auto runs in one process; drop --nproc or give the shape")
+        # imports torch: not at the top, for `klm --help`
         from kennethlm_core.sizing import auto_size
 
         preflight(cfg, registry)  # bad settings and folders fail before the probes
@@ -103,8 +108,6 @@ def run(ctx, out, resume, force, allow_changes, quiet, nproc, **params):
         console=console,
     )
     if size is not None:  # the choice goes with the run's figures
-        from kennethlm_core.checkpoint import atomic_write_json
-
         summary["size"] = size.to_dict()
         atomic_write_json(out / "summary.json", summary)
     if dist.is_main:
@@ -142,8 +145,7 @@ def _default_out() -> Path:
 
 def _train_with_progress(cfg, out, registry, *, resume, force, allow_changes, quiet, console):
     """Train with a live progress bar on a terminal, or a line per evaluation otherwise."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
+    # imports torch: not at the top, for `klm --help`
     from kennethlm_core.train import preflight, train
 
     preflight(cfg, registry)  # refuse bad settings before drawing anything
@@ -183,8 +185,6 @@ def _train_with_progress(cfg, out, registry, *, resume, force, allow_changes, qu
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
-    from rich.table import Table
-
     console = _console()
     ci = summary["val_bpb_ci"]
     ci = f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""
@@ -216,7 +216,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 @click.pass_context
 def sample(ctx, run_dir, prompt, max_new_tokens, temperature, top_k, num_samples, seed, device):
     """Generate text from a trained run."""
-    import torch
+    import torch  # not at the top, for `klm --help`
 
     from kennethlm_core.evaluate import LoadedRun
     from kennethlm_core.model import generate
@@ -265,12 +265,11 @@ def export_(ctx, run_dir, out, force, repo):
     The tokenizer gives klm's ids; README.md is the model card. --to must be new or empty;
     --force replaces only an earlier export.
     """
-    # imported here, not at the top: klm --help must not import torch or transformers
-    try:
-        import transformers  # noqa: F401
+    try:  # transformers is an extra, and heavy: imported here, not for `klm --help`
+        import transformers  # noqa: F401 (see above)
     except ImportError:
         raise KLMError("klm export needs transformers: pip install 'kennethlm[hf]'") from None
-    from kennethlm_core.export import export_run, push
+    from kennethlm_core.export import export_run, push  # imports torch and transformers, as above
 
     done = export_run(
         run_dir, out, force=force, registry=_registry(ctx), log=lambda m: click.echo(m, err=True)
@@ -326,9 +325,7 @@ def eval_(ctx, run_dir, tasks, data, corpus, split, stride, limit, device):
     The test split is held back: score it for a record or a publication, never to choose
     between settings (klm compare and the ledger use validation).
     """
-    from rich.table import Table
-
-    from kennethlm_core.evaluate import run_tasks
+    from kennethlm_core.evaluate import run_tasks  # imports torch: not at the top, for `klm --help`
 
     if limit is not None and limit < 1:
         raise KLMError(f"--limit must be at least 1, got {limit}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.table import Table
 
 from kennethlm_core import sweeptable
 from kennethlm_core.cli.base import _console, _disabled, _progress, _registry, cli
@@ -15,6 +16,7 @@ from kennethlm_core.cli.options import (
     run_command,
     run_options,
 )
+from kennethlm_core.config import BUDGET_KEYS, parse_count
 from kennethlm_core.errors import KLMError
 from kennethlm_core.experiment import STANDARD_STEPS
 
@@ -39,8 +41,8 @@ def ladder(ctx, seeds, jobs, out, force, allow_changes, list_, quiet, **params):
     running the same ladder again reuses finished runs. Prints val_bpb per step and saves
     ladder.png.
     """
+    # imports torch: not at the top, for `klm --help`
     from kennethlm_core import ladder as ladder_mod
-    from kennethlm_core.config import BUDGET_KEYS
 
     registry = _registry(ctx)
     recipe, shared = overrides_from(params)
@@ -80,8 +82,6 @@ ladder.help = ladder.help.replace("{steps}", str(STANDARD_STEPS))
 
 
 def _print_ladder(s: dict[str, Any]) -> None:
-    from rich.table import Table
-
     budget = ", ".join(f"{v:g} {k}" for k, v in s["budget"].items())
     n = len(s["seeds"])
     title = f"Building GPT step by step · {budget} · {n} seed{'s' * (n > 1)} · {s['machine']}"
@@ -148,8 +148,7 @@ def sweep(ctx, grid, text_bytes, seeds, x_key, by_domain, markdown, jobs, out, f
     mean ± std of val_bpb per cell and saves summary.json and sweep.png (val_bpb against the
     --x key, default the last numeric grid key; one line per value of the other keys).
     """
-    from kennethlm_core import sweep as sweep_mod
-    from kennethlm_core.config import BUDGET_KEYS, parse_count
+    from kennethlm_core import sweep as sweep_mod  # imports torch: not at the top, for `klm --help`
 
     registry = _registry(ctx)
     recipe, shared = overrides_from(params)
@@ -230,7 +229,7 @@ sweep.help = sweep.help.replace("{steps}", str(STANDARD_STEPS))
 @click.option("--title", help="Title above the panels.")
 def plot(paths, out, title):
     """Plot val_bpb against tokens and time for runs or experiments (a band over seeds)."""
-    from kennethlm_core.plots import plot_paths
+    from kennethlm_core.plots import plot_paths  # imports torch: not at the top, for `klm --help`
 
     for path in paths:
         if not path.is_dir():

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("KLM_CACHE") or Path.home() / ".cache" / "kennethlm")
@@ -20,8 +22,6 @@ def build_lock(path: Path, log: Callable[[str], None] = lambda msg: None) -> Ite
     process holds it. It is an OS lock (flock): it goes when its process dies, so a builder
     that was killed never blocks the next one. The wait has no limit, since the holder is
     busy building: a large corpus can take longer than any fixed timeout."""
-    from filelock import FileLock, Timeout
-
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path.with_name(path.name + ".lock")))
     try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from kennethlm_core.atomic import atomic_write_text
 from kennethlm_core.components import Corpus, Document, Tokenizer
 from kennethlm_core.config import RunConfig
 from kennethlm_core.data.cache import build_once, cache_root
@@ -97,8 +98,6 @@ def prepare_data(
             wanted[p.tok_sample] = True
             tokenizer.train(c.text for i, c in enumerate(chunks_of(corpus)) if wanted[i])
             _check_unchanged(corpus, fingerprint)
-            from kennethlm_core.checkpoint import atomic_write_text
-
             atomic_write_text(tok_file, tokenizer.to_json())
 
         if build_once(tok_file, tok_file.exists, train, log):

@@ -56,6 +56,7 @@ from typing import Any
 
 from kennethlm_core.errors import UnknownComponent
 from kennethlm_core.hookspecs import SLOTS
+from kennethlm_core.plugins import get_registry
 from kennethlm_core.testing.base import (
     SEED,
     TINY,
@@ -130,8 +131,6 @@ def conformance(slot: str, name: str, *, registry: Any = None, **settings: Any) 
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise UnknownComponent(f"unknown slot '{slot}'; {hint}slots: {', '.join(SLOTS)}")
     if registry is None:
-        from kennethlm_core.plugins import get_registry
-
         registry = get_registry()
     registry.get(slot, name)  # an unknown name fails now, at collection, listing known ones
     title = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name))

@@ -11,6 +11,7 @@ import torch
 
 from kennethlm_core.config import build_config, field_names, resolve
 from kennethlm_core.model import build_model
+from kennethlm_core.plugins import get_registry
 
 TINY = dict(
     n_layer=1,
@@ -30,8 +31,6 @@ def tiny_gpt(tweak: str = "", *, seed: int = 0, **settings: Any) -> torch.nn.Mod
     """A TINY GPT of vocabulary VOCAB with ``tweak`` (a name or "qk-norm,softcap"), built from
     the torch seed ``seed`` with the installed plugins, in eval mode: for a tweak's own tests
     against the plain GPT of the same seed (``tiny_gpt("")``)."""
-    from kennethlm_core.plugins import get_registry
-
     registry = get_registry()
     cfg = resolve(build_config(overrides={**TINY, "tweak": tweak, **settings}), registry)
     torch.manual_seed(seed)
@@ -68,8 +67,6 @@ class Conformance:
 
     @property
     def reg(self):
-        from kennethlm_core.plugins import get_registry
-
         return self.registry or get_registry()
 
     @property

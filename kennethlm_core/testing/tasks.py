@@ -7,8 +7,10 @@ import math
 
 import torch
 
+from kennethlm_core.atomic import atomic_write_json
 from kennethlm_core.checkpoint import save_weights
 from kennethlm_core.components import Metric, TaskResult
+from kennethlm_core.evaluate import LoadedRun
 from kennethlm_core.model import build_model
 from kennethlm_core.testing.base import SEED, Conformance
 
@@ -21,9 +23,6 @@ class TaskChecks(Conformance):
     limit: int | None = 8  # passed to evaluate(limit=...)
 
     def loaded_run(self, directory):
-        from kennethlm_core.checkpoint import atomic_write_json
-        from kennethlm_core.evaluate import LoadedRun
-
         cfg = self.config(tokenizer="char")
         tok = self.reg.get("tokenizer", cfg.tokenizer).factory(cfg)
         tok.train(self.sample_texts())

@@ -9,8 +9,12 @@ import signal
 import torch
 
 from kennethlm_core.checkpoint import load_checkpoint, save_checkpoint
+from kennethlm_core.components import Callback
+from kennethlm_core.errors import Interrupted
 from kennethlm_core.model import build_model
+from kennethlm_core.rundir import read_metrics
 from kennethlm_core.testing.base import SEED, VOCAB, Conformance, devices
+from kennethlm_core.train import train
 
 
 class OptimizerChecks(Conformance):
@@ -134,9 +138,6 @@ class CallbackChecks(Conformance):
     slot = "callback"
 
     def run(self, out, stop_at: int | None = None, resume: bool = False) -> dict:
-        from kennethlm_core.errors import Interrupted
-        from kennethlm_core.train import train
-
         cfg = self.config(steps=20, eval_every=10, eval_bytes=2048, final_eval_bytes=4096)
 
         def stop(clock, *rest):
@@ -149,8 +150,6 @@ class CallbackChecks(Conformance):
             return {}
 
     def test_is_a_callback(self):
-        from kennethlm_core.components import Callback
-
         made = self.component.factory(self.config())
         assert isinstance(made, Callback), f"{self.what}: factory(cfg) must return a Callback"
 
@@ -161,8 +160,6 @@ class CallbackChecks(Conformance):
         )
 
     def test_a_resumed_run_ends_like_an_uninterrupted_one(self, tmp_path):
-        from kennethlm_core.rundir import read_metrics
-
         straight = self.run(tmp_path / "straight")
         assert self.run(tmp_path / "stopped", stop_at=10) == {}
         resumed = self.run(tmp_path / "stopped", resume=True)

@@ -70,7 +70,7 @@ class HubCorpus(Corpus):
         return contents_hash(sorted(f for f in root.rglob("*") if f.is_file()), root, h)
 
     def documents(self) -> Iterator[Document]:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # pyarrow is heavy: imported only to read or write parquet
 
         folder = re.sub(r"[^\w.-]+", "-", self.name)  # hf:owner/name:config -> hf-owner-name-config
         snapshot = cache_root() / "hub" / f"{folder}-{self.fingerprint()}"
@@ -91,7 +91,7 @@ class HubCorpus(Corpus):
         """Stream every chosen source into parquet files, then publish the folder at once;
         refuse to publish one without documents (a failed or filtered download), which later
         runs would otherwise read as the corpus. An empty one kept by an older klm goes."""
-        import pyarrow as pa
+        import pyarrow as pa  # pyarrow is heavy: imported only to read or write parquet
         import pyarrow.parquet as pq
 
         datasets = logs.quiet_datasets()
@@ -189,7 +189,7 @@ DOMAIN_LABELS = {"wiki & books": "books", "social media": "social"}
 
 def _snapshot_rows(folder: Path) -> int:
     """The documents in a snapshot folder (0 when there is none), from the files' footers."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # pyarrow is heavy: imported only to read or write parquet
 
     return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from kennethlm_core.builtin.corpora.hub import HubCorpus, domain_label
 from kennethlm_core.errors import DataError
 
@@ -86,8 +88,6 @@ HF_SPEC = "hf:OWNER/NAME or hf:OWNER/NAME:CONFIG"
 
 def parse_hf_spec(spec: str) -> tuple[str, str]:
     """'hf:owner/name:config' -> ('owner/name', 'config'); the config may be left out."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     repo, colon, config = spec.removeprefix("hf:").partition(":")
     problem = ""
     if not spec.startswith("hf:"):
