@@ -46,7 +46,7 @@ from kennethlm_core.config import (
     field_names,
     resolve,
 )
-from kennethlm_core.data import BYTES, DOC_START, DOMAIN, END, START, mix_weights
+from kennethlm_core.data import DOC_START, END, START, mix_weights
 from kennethlm_core.errors import ConfigError, KLMError
 from kennethlm_core.experiment import describe_budget, folder_name, mean_std
 from kennethlm_core.jobs import prepare_points, provenance_overrides, run_points, with_resolved_mix
@@ -217,7 +217,7 @@ def tokens_for_bytes(text_bytes: int, cfg: RunConfig, data: Any) -> int:
     (document tokens counted as the windows count them), so a token is worth sum w_d bytes_d
     / tokens_d bytes."""
     split = data.train
-    nbytes = np.bincount(split.rows[:, DOMAIN], split.rows[:, BYTES], len(split.domains))
+    nbytes = split.domain_bytes()
     weights = np.array(list(mix_weights(cfg.mix, split, cfg.block_size).values()))
     per_token = float((weights * nbytes / np.maximum(1, split.domain_tokens())).sum())
     return max(1, round(text_bytes / per_token))
@@ -235,8 +235,7 @@ def bytes_per_token(split: Any) -> float:
 
 def scored_bytes(split: Any) -> dict[str, int]:
     """UTF-8 bytes per domain in a slice of a split: how much text each domain's figure is."""
-    nbytes = np.bincount(split.rows[:, DOMAIN], split.rows[:, BYTES], len(split.domains))
-    return {d: int(n) for d, n in zip(split.domains, nbytes, strict=True) if n}
+    return {d: int(n) for d, n in zip(split.domains, split.domain_bytes(), strict=True) if n}
 
 
 def x_axis(axes: list[Axis], x: str | None = None) -> str:

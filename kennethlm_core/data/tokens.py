@@ -56,6 +56,11 @@ class TokenSplit:
         counts = np.bincount(self.rows[:, DOMAIN], weights=lengths, minlength=len(self.domains))
         return counts.astype(np.int64)
 
+    def domain_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of text per domain, in the order of ``domains``."""
+        counts = np.bincount(self.rows[:, DOMAIN], self.rows[:, BYTES], len(self.domains))
+        return counts.astype(np.int64)
+
     def domain_starts(self) -> np.ndarray:
         """Where each domain's tokens begin; a split grouped by domain (training) only."""
         return np.concatenate([[0], np.cumsum(self.domain_tokens())[:-1]])
@@ -99,10 +104,7 @@ def domain_stats(data: PreparedData) -> dict[str, dict[str, float]]:
     in_test = np.array(meta.get("test_documents", zeros), dtype=np.int64)
     nbytes, tokens = (np.zeros(len(domains), dtype=np.int64) for _ in range(2))
     for split in (data.train, data.val, data.test):
-        dom = split.rows[:, DOMAIN]
-        nbytes += np.bincount(dom, weights=split.rows[:, BYTES], minlength=len(domains)).astype(
-            np.int64
-        )
+        nbytes += split.domain_bytes()
         tokens += split.domain_tokens()
     tokens -= documents  # each document starts with a document token, which stands for no text
     share = data.train.domain_tokens() / max(1, len(data.train.tokens))
