@@ -235,9 +235,10 @@ def plot_sweep(summary: dict, out: str | Path) -> Path:
         pos, mean, std, n = (np.array(v) for v in zip(*sorted(points), strict=True))
         ticks.update(pos.tolist())
         label = f"{name} ({n.max()} seeds)" if n.max() > 1 else name
-        ax.errorbar(pos, mean, yerr=std, color=color, marker="o", ms=4, lw=1.8, capsize=3,
-                    label=label)  # fmt: skip
-        if n.max() > 1:
+        # categories (a mix, a tokenizer name) have no order between them: points, no line
+        ax.errorbar(pos, mean, yerr=std, color=color, marker="o", ms=4, lw=1.8 if numeric else 0,
+                    elinewidth=1.8, capsize=3, label=label)  # fmt: skip
+        if n.max() > 1 and numeric:
             ax.fill_between(pos, mean - std, mean + std, color=color, alpha=0.2, lw=0)
     pos = np.array(sorted(ticks))
     if numeric and len(pos) and (pos > 0).all() and pos.max() / pos.min() >= 8:
@@ -245,7 +246,8 @@ def plot_sweep(summary: dict, out: str | Path) -> Path:
     if numeric:
         ax.set_xticks(pos, [f"{v:g}" for v in pos])
     else:
-        ax.set_xticks(range(len(xs)), summary["grid"][x])
+        ax.set_xticks(range(len(xs)), [wrap(str(v)) for v in summary["grid"][x]], fontsize=8)
+        ax.set_xlim(-0.5, len(xs) - 0.5)
     ax.minorticks_off()
     ax.set_xlabel(x)
     ax.set_ylabel("final val_bpb (lower is better)")
@@ -279,8 +281,10 @@ def plot_sweep_domains(summary: dict, out: str | Path) -> Path:
     rows = [r for r in summary["cells"] if r.get("by_domain")]
     names = list(rows[0]["by_domain"]) if rows else []
     values = np.array([[r["by_domain"][d][0] for d in names] for r in rows]).reshape(len(rows), -1)
+    labels = [wrap(r["label"]) for r in rows]
+    lines = max((label.count("\n") + 1 for label in labels), default=1)
     fig, ax = plt.subplots(
-        figsize=(1.6 + 0.95 * max(1, len(names)), 1.3 + 0.42 * max(1, len(rows))),
+        figsize=(1.6 + 0.95 * max(1, len(names)), 1.8 + (0.3 + 0.12 * lines) * max(1, len(rows))),
         layout="constrained",
     )
     image = ax.imshow(values, cmap="viridis_r", aspect="auto")
@@ -289,15 +293,29 @@ def plot_sweep_domains(summary: dict, out: str | Path) -> Path:
         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
                 color="white" if v > middle else "black")  # fmt: skip
     scored = summary.get("domain_bytes", {})
-    ticks = [f"{d}\n{kilobytes(scored[d])}" if d in scored else d for d in names]
-    ax.set_xticks(range(len(names)), ticks)
-    ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
+    ticks = [f"{d} ({kilobytes(scored[d])})" if d in scored else d for d in names]
+    ax.set_xticks(range(len(names)), ticks, rotation=40, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.set_xlabel("scored on (validation bytes of the domain)")
     fig.colorbar(image, ax=ax, label="val_bpb (lower is better)")
     seeds = len(summary["seeds"])
     ax.set_title(f"val_bpb per domain: {summary['budget_text']}, mean of {seeds} "
                  f"seed{'s' * (seeds > 1)}", fontsize=10)  # fmt: skip
     return _save(fig, out)
+
+
+def wrap(label: str, width: int = 32) -> str:
+    """A long setting (a mix with a weight per domain) as lines of at most ``width`` characters,
+    broken after its commas, so that tick labels do not run into each other."""
+    lines = [""]
+    for part in label.split(","):
+        # room for the comma that joins and the one that ends the line
+        if lines[-1] and len(lines[-1]) + 2 + len(part) > width:
+            lines[-1] += ","
+            lines.append(part)
+        else:
+            lines[-1] += ("," if lines[-1] else "") + part
+    return "\n".join(lines)
 
 
 def _save(fig, out: str | Path) -> Path:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kennethlm_core.errors import KLMError
-from kennethlm_core.plots import branch_step, plot_paths, run_groups
+from kennethlm_core.plots import branch_step, plot_paths, run_groups, wrap
 
 from .conftest import assert_one_line_error
 
@@ -60,3 +60,13 @@ def test_klm_plot_writes_into_the_folder_given(experiment, klm):
     assert (experiment / "exp" / "trajectories.png").exists()
     code, out, err = klm("plot", experiment / "nothing")
     assert_one_line_error(code, err, "is not a folder")
+
+
+def test_long_settings_are_wrapped_after_their_commas():
+    mix = "books=0.4398,speech=0.3655,legal=0.1261,conversation=0.0215,news=0.0123,web=0.0106"
+    lines = wrap(mix, width=32).split("\n")
+    assert len(lines) > 1 and all(len(line) <= 32 for line in lines)
+    assert "".join(lines) == mix  # nothing lost, each break after a comma
+    assert all(line.endswith(",") for line in lines[:-1])
+    assert wrap("temperature=0.5") == "temperature=0.5"
+    assert wrap("a" * 40, width=32) == "a" * 40  # one part longer than a line stays whole
