@@ -353,7 +353,8 @@ def summarise(axes, x, cells, plan, failed, shared, seeds, recipe, folder) -> di
             params=runs[0]["params"] if runs else None,
             tokens_per_s=mean_std([r["tokens_per_s"] for r in runs])[0] if runs else None,
             train_time_s=mean_std([r["train_time_s"] for r in runs])[0] if runs else None,
-            tokens_seen=runs[0]["tokens_seen"] if runs else None,
+            # the mean over seeds: under a time budget every seed reaches its own count
+            tokens_seen=round(mean_std([r["tokens_seen"] for r in runs])[0]) if runs else None,
             by_domain={d: mean_std([b[d] for b in by_domain]) for d in by_domain[0]}
             if runs
             else {},
