@@ -177,7 +177,8 @@ def ladder_summary(shared, folder, cfgs, by_step, seeds, recipe, steps) -> dict[
                 "std": std,
                 "delta": None if previous is None else mean - previous,
                 "params": summaries[0]["params"],
-                "tokens_seen": summaries[0]["tokens_seen"],
+                # the mean over seeds: under a time budget every seed reaches its own count
+                "tokens_seen": round(mean_std([s["tokens_seen"] for s in summaries])[0]),
                 "tokens_per_s": mean_std([s["tokens_per_s"] for s in summaries])[0],
                 "train_time_s": mean_std([s["train_time_s"] for s in summaries])[0],
                 "runs": [str(r) for r in runs],

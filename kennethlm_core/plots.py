@@ -9,6 +9,7 @@ checkpoint (a branch of a comparison) has its starting point marked.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -307,15 +308,9 @@ def plot_sweep_domains(summary: dict, out: str | Path) -> Path:
 def wrap(label: str, width: int = 32) -> str:
     """A long setting (a mix with a weight per domain) as lines of at most ``width`` characters,
     broken after its commas, so that tick labels do not run into each other."""
-    lines = [""]
-    for part in label.split(","):
-        # room for the comma that joins and the one that ends the line
-        if lines[-1] and len(lines[-1]) + 2 + len(part) > width:
-            lines[-1] += ","
-            lines.append(part)
-        else:
-            lines[-1] += ("," if lines[-1] else "") + part
-    return "\n".join(lines)
+    lines = textwrap.wrap(label.replace(",", ", "), width, break_long_words=False,
+                          break_on_hyphens=False)  # fmt: skip
+    return "\n".join(lines).replace(", ", ",")
 
 
 def _save(fig, out: str | Path) -> Path:
