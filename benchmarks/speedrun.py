@@ -164,7 +164,9 @@ def main() -> None:
         }
         print(f"{'':<10}precision {s.get('dtype')} ({(s.get('precision') or {}).get('reason')})")
         shape = f"{cfg.n_layer} layers x {cfg.n_embd} ({cfg.n_head} heads)"
-        print(f"{'':<10}shape {shape}" + (f": {s['size']['reason']}" if s.get("size") else ""))
+        if s.get("size"):  # --size auto's reason starts with the shape it chose
+            shape = s["size"]["reason"]
+        print(f"{'':<10}shape {shape}")
         report[arm]["shape"] = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "size": s.get("size")}
     if reached is None:
         print(f"record did not reach baseline's last logged val_bpb {target:.4f}")
