@@ -12,8 +12,9 @@ N being the parameters outside the embedding tables and the read-out, D the trai
 ``--size auto`` measures, for the shapes of SHAPES, smallest first, the tokens/s of a few
 training steps of the run's own model, optimizer, batch, context, precision and compilation;
 a shape then sees D = tokens/s x the time budget, and the shape with the lowest predicted
-val_bpb wins. Probing stops once the prediction has got worse than the best so far (it
-falls, then rises).
+val_bpb wins. A probe's rate is that of its median step, so that a step slowed by other work
+on the machine does not count; probing stops once two shapes in a row predict worse than the
+best so far (the prediction falls, then rises; one slowed probe does not end the search).
 
 Depth and width come from SHAPES (heads of 32 dimensions); batch, context and vocabulary stay
 the recipe's. The choice, the fit and every probe's figures go to summary.json (``size``).
@@ -21,6 +22,7 @@ the recipe's. The choice, the fit and every probe's figures go to summary.json (
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +53,7 @@ HEAD_SIZE = 32
 # record recipe (r3) at widths 64-192 x 0.5M-2M tokens, seed 1; rms residual 0.0135
 FIT = {"E": 0.9419, "A": 13.9076, "alpha": 0.25, "B": 337.501, "beta": 0.45}
 PROBE_S = 1.5  # seconds of training steps per probed shape
+PATIENCE = 2  # probing stops after this many shapes in a row predict worse than the best
 
 
 def predicted_bpb(n: float, tokens: float) -> float:
@@ -88,8 +91,9 @@ def tokens_per_s(
     step = torch.compile(model) if cfg.compile else model
     x = torch.randint(0, vocab_size, (cfg.batch_size, cfg.block_size), device=device)
     y = torch.roll(x, -1, dims=1)
-    steps, start = -1, 0.0  # the first step warms up and is not counted
-    while steps < 3 or time.perf_counter() - start < seconds:
+    times: list[float] = []  # the first step warms up (and compiles) and is not counted
+    while len(times) < 4 or sum(times[1:]) < seconds:
+        t0 = time.perf_counter()
         with autocast():
             _, loss = step(x, y)
         loss.backward()
@@ -97,12 +101,9 @@ def tokens_per_s(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss.item()  # waits for the device
-        steps += 1
-        if steps == 0:
-            start = time.perf_counter()
-    rate = steps * cfg.batch_size * cfg.block_size / (time.perf_counter() - start)
+        times.append(time.perf_counter() - t0)
     torch.set_rng_state(rng)
-    return rate, body_params(model)
+    return cfg.batch_size * cfg.block_size / statistics.median(times[1:]), body_params(model)
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Choice:
 def choose(cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, log=print) -> Choice:
     """The shape for ``cfg``'s time budget on this machine (see the module docstring)."""
     probes: list[dict[str, Any]] = []
-    best = float("inf")
+    best, worse = float("inf"), 0
     for n_layer, n_embd in SHAPES:
         rate, n = tokens_per_s(shaped(cfg, n_layer, n_embd), registry, vocab_size, device, autocast)
         tokens = rate * cfg.time
@@ -133,9 +134,10 @@ def choose(cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, log
             f"size auto: {n_layer} x {n_embd} ({n:,} parameters): {rate:,.0f} tokens/s, "
             f"{tokens / 1e6:.1f}M tokens in {cfg.time:g}s, predicted val_bpb {bpb:.3f}"
         )
-        if bpb > best:
+        worse = worse + 1 if bpb > best else 0
+        if worse == PATIENCE:
             break  # past the best: bigger shapes see ever fewer tokens
-        best = bpb
+        best = min(best, bpb)
     pick = min(probes, key=lambda p: p["predicted_bpb"])
     n_head = max(1, pick["n_embd"] // HEAD_SIZE)
     largest = pick is probes[-1] and len(probes) == len(SHAPES)

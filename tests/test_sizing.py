@@ -4,7 +4,8 @@ a real run that trains the chosen shape and reports why, and the budgets it refu
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from time import sleep
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ def test_the_shape_with_the_lowest_predicted_bpb_wins_and_probing_stops_past_it(
     best = min(predicted, key=predicted.get)
     assert (c.n_layer, c.n_embd) == best and c.n_head == best[1] // 32
     assert best != SHAPES[-1]  # the case is interesting: the prediction rises after the best
-    assert seen == list(SHAPES[: SHAPES.index(best) + 2])  # one past the best, no further
+    assert seen == list(SHAPES[: SHAPES.index(best) + 1 + sizing.PATIENCE])  # no further
     assert [p["predicted_bpb"] for p in c.probes] == [round(predicted[s], 4) for s in seen]
     assert "lowest predicted val_bpb" in c.reason and "tokens per parameter" in c.reason
 
@@ -94,6 +95,22 @@ def test_a_probe_measures_real_training_steps(registry):
     assert rate > 0 and n == sizing.body_params(build_model(cfg, 50, registry))
 
 
+def test_a_probe_is_its_median_step_so_one_stalled_step_does_not_count(registry):
+    cfg, steps = tiny_config(registry), []
+
+    @contextmanager
+    def stalling():  # the third step (the second counted) waits half a second, as if preempted
+        steps.append(1)
+        if len(steps) == 3:
+            sleep(0.5)
+        yield
+
+    rate, _ = sizing.tokens_per_s(cfg, registry, 50, torch.device("cpu"), stalling, 0.05)
+    tokens = cfg.batch_size * cfg.block_size
+    # a mean over the (at most three) counted steps would be under 6 x tokens per second
+    assert len(steps) == 4 and rate > 10 * tokens
+
+
 def test_klm_run_size_auto_trains_the_chosen_shape_and_says_why(tmp_path, klm, monkeypatch):
     monkeypatch.setattr(sizing, "SHAPES", ((1, 32), (2, 64), (2, 96)))
     monkeypatch.setattr(sizing, "PROBE_S", 0.05)
@@ -132,6 +149,16 @@ def test_a_comparison_refuses_size_auto(klm, tmp_path):
     code, _, err = klm("compare", *args, "--size", "auto", "--out", tmp_path / "exp")
     assert_one_line_error(code, err, "asks for --size auto", "give --n-layer, --n-embd")
     assert not (tmp_path / "exp").exists()
+
+
+def test_one_worse_probe_does_not_end_the_search_and_two_in_a_row_do(monkeypatch, registry):
+    predictions = iter([3.0, 2.0, 2.5, 1.5])  # the third probe slowed by other work
+    monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens: next(predictions))
+    c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
+    assert seen == list(SHAPES) and (c.n_layer, c.n_embd) == SHAPES[3]
+    predictions = iter([2.0, 2.5, 2.6, 1.0])
+    c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
+    assert seen == list(SHAPES[:3]) and (c.n_layer, c.n_embd) == SHAPES[0]
 
 
 def test_probing_goes_on_while_the_prediction_falls_whatever_its_rounding(monkeypatch, registry):
