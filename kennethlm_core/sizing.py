@@ -16,7 +16,7 @@ val_bpb wins. A probe's rate is that of its median step, so that a step slowed b
 on the machine does not count; probing stops once two shapes in a row predict worse than the
 best so far (the prediction falls, then rises; one slowed probe does not end the search).
 
-Depth and width come from SHAPES (heads of 32 dimensions); batch, context and vocabulary stay
+Depth, heads and width come from SHAPES; batch, context and vocabulary stay
 the recipe's. The choice, the fit and every probe's figures go to summary.json (``size``).
 """
 
@@ -35,20 +35,20 @@ from kennethlm_core.data import prepare_data
 from kennethlm_core.device import pick_device
 from kennethlm_core.model import build_model
 
-# (n_layer, n_embd), smallest first; n_head = n_embd // 32
+# (n_layer, n_head, n_embd), smallest first: heads of 32 dimensions up to width 192, of 64
+# (GPT-2's) from 256, where on a CPU with AMX they ran 12% faster (docs/speed.md)
 SHAPES = (
-    (2, 64),
-    (4, 64),
-    (4, 96),
-    (4, 128),
-    (4, 160),
-    (4, 192),
-    (6, 256),
-    (8, 384),
-    (12, 512),
-    (12, 768),
+    (2, 2, 64),
+    (4, 2, 64),
+    (4, 3, 96),
+    (4, 4, 128),
+    (4, 5, 160),
+    (4, 6, 192),
+    (6, 4, 256),
+    (8, 6, 384),
+    (12, 8, 512),
+    (12, 12, 768),
 )
-HEAD_SIZE = 32
 # val_bpb(N, D) = E + A / N**alpha + B / D**beta: benchmarks/size_rule.py, 2026-12-01, the
 # record recipe (r3) at widths 64-192 x 0.5M-2M tokens, seed 1; rms residual 0.0135
 FIT = {"E": 0.9419, "A": 13.9076, "alpha": 0.25, "B": 337.501, "beta": 0.45}
@@ -62,8 +62,8 @@ def predicted_bpb(n: float, tokens: float) -> float:
     return f["E"] + f["A"] * n ** -f["alpha"] + f["B"] * max(tokens, 1.0) ** -f["beta"]
 
 
-def shaped(cfg: RunConfig, n_layer: int, n_embd: int) -> RunConfig:
-    return cfg.replace(n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // HEAD_SIZE))
+def shaped(cfg: RunConfig, n_layer: int, n_head: int, n_embd: int) -> RunConfig:
+    return cfg.replace(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
 
 
 def body_params(model: torch.nn.Module) -> int:
@@ -123,11 +123,12 @@ def choose(cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, log
     """The shape for ``cfg``'s time budget on this machine (see the module docstring)."""
     probes: list[dict[str, Any]] = []
     best, worse = float("inf"), 0
-    for n_layer, n_embd in SHAPES:
-        rate, n = tokens_per_s(shaped(cfg, n_layer, n_embd), registry, vocab_size, device, autocast)
+    for n_layer, n_head, n_embd in SHAPES:
+        shape = shaped(cfg, n_layer, n_head, n_embd)
+        rate, n = tokens_per_s(shape, registry, vocab_size, device, autocast)
         tokens = rate * cfg.time
         bpb = predicted_bpb(n, tokens)
-        probes.append({"n_layer": n_layer, "n_embd": n_embd, "params": n,
+        probes.append({"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "params": n,
                        "tokens_per_s": round(rate, 1), "tokens": round(tokens),
                        "predicted_bpb": round(bpb, 4)})  # fmt: skip
         log(
@@ -139,7 +140,7 @@ def choose(cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, log
             break  # past the best: bigger shapes see ever fewer tokens
         best = min(best, bpb)
     pick = min(probes, key=lambda p: p["predicted_bpb"])
-    n_head = max(1, pick["n_embd"] // HEAD_SIZE)
+    n_head = pick["n_head"]
     largest = pick is probes[-1] and len(probes) == len(SHAPES)
     reason = (
         f"{pick['n_layer']} layers x {pick['n_embd']} ({n_head} heads): the lowest predicted "

@@ -29,13 +29,14 @@ def fake_probes(monkeypatch, rates: dict[tuple[int, int], float], n: dict[tuple[
     return probed
 
 
-SHAPES = ((2, 64), (4, 64), (4, 128), (4, 256))
+SHAPES = ((2, 64), (4, 64), (4, 128), (4, 256))  # (n_layer, n_embd)
+HEADS = {(2, 64): 2, (4, 64): 2, (4, 128): 4, (4, 256): 4}
 N = {(2, 64): 100_000, (4, 64): 200_000, (4, 128): 800_000, (4, 256): 3_200_000}
 FIT = {"E": 1.0, "A": 10.0, "alpha": 0.25, "B": 100.0, "beta": 0.35}
 
 
 def choice(monkeypatch, registry, rates, time=1000.0):
-    monkeypatch.setattr(sizing, "SHAPES", SHAPES)
+    monkeypatch.setattr(sizing, "SHAPES", tuple((d, HEADS[d, w], w) for d, w in SHAPES))
     monkeypatch.setattr(sizing, "FIT", FIT)
     seen = fake_probes(monkeypatch, rates, N)
     cfg = tiny_config(registry).replace(time=time, steps=0)
@@ -50,7 +51,7 @@ def test_the_shape_with_the_lowest_predicted_bpb_wins_and_probing_stops_past_it(
     c, seen = choice(monkeypatch, registry, rates)
     predicted = {s: sizing.predicted_bpb(N[s], rates[s] * 1000.0) for s in SHAPES}
     best = min(predicted, key=predicted.get)
-    assert (c.n_layer, c.n_embd) == best and c.n_head == best[1] // 32
+    assert (c.n_layer, c.n_embd) == best and c.n_head == HEADS[best]
     assert best != SHAPES[-1]  # the case is interesting: the prediction rises after the best
     assert seen == list(SHAPES[: SHAPES.index(best) + 1 + sizing.PATIENCE])  # no further
     assert [p["predicted_bpb"] for p in c.probes] == [round(predicted[s], 4) for s in seen]
@@ -112,7 +113,7 @@ def test_a_probe_is_its_median_step_so_one_stalled_step_does_not_count(registry)
 
 
 def test_klm_run_size_auto_trains_the_chosen_shape_and_says_why(tmp_path, klm, monkeypatch):
-    monkeypatch.setattr(sizing, "SHAPES", ((1, 32), (2, 64), (2, 96)))
+    monkeypatch.setattr(sizing, "SHAPES", ((1, 1, 32), (2, 2, 64), (2, 3, 96)))
     monkeypatch.setattr(sizing, "PROBE_S", 0.05)
     monkeypatch.setattr(sizing, "FIT", FIT)
     out = tmp_path / "run"

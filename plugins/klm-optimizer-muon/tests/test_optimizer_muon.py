@@ -1,10 +1,12 @@
 """muon: the conformance kit, the orthogonalisation, which parameters get which rule."""
 
 import klm_optimizer_muon
+import pytest
 import torch
 
 from kennethlm_core.checkpoint import load_checkpoint, save_checkpoint
 from kennethlm_core.config import build_config, resolve
+from kennethlm_core.errors import ConfigError
 from kennethlm_core.model import build_model
 from kennethlm_core.plugins import get_registry
 from kennethlm_core.testing import TINY, conformance
@@ -119,18 +121,20 @@ def test_a_stack_of_matrices_is_orthogonalised_each_on_its_own():
         torch.testing.assert_close(klm_optimizer_muon.orthogonalise(g), one_by_one)
 
 
-def test_hidden_matrices_move_as_torch_optim_muon_moves_them():
+@pytest.mark.parametrize("ns_dtype", ["float32", "bfloat16"])
+def test_hidden_matrices_move_as_torch_optim_muon_moves_them(ns_dtype):
     """torch.optim.Muon on the same matrices, steps and hyper-parameters. Its momentum is an
     average (buf <- mu buf + (1 - mu) g) where ours is a sum (buf <- mu buf + g): (1 - mu)
     times ours, the same direction, which the normalisation before Newton-Schulz removes.
-    It iterates in bfloat16, so the updates agree to bfloat16 precision."""
+    It iterates in bfloat16, so the updates agree to bfloat16 precision, ours in float32 or bf16."""
     torch.manual_seed(0)
     ours_params = [torch.nn.Parameter(torch.randn(*s)) for s in ((32, 96), (32, 96), (128, 32))]
     ref_params = [torch.nn.Parameter(p.detach().clone()) for p in ours_params]
     hyper = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True, ns_steps=5)
     ours = klm_optimizer_muon.Muon(
-        [{"params": ours_params, "muon": True}], betas=(0.9, 0.99), eps=1e-8, **hyper
-    )
+        [{"params": ours_params, "muon": True, "ns_dtype": ns_dtype}],
+        betas=(0.9, 0.99), eps=1e-8, **hyper,
+    )  # fmt: skip
     reference = torch.optim.Muon(ref_params, adjust_lr_fn="original", **hyper)
     start = [p.detach().clone() for p in ours_params]
     for _ in range(3):
@@ -173,3 +177,57 @@ def test_token_tables_and_an_untied_head_may_have_learning_rates_of_their_own():
     _, tied, optimizer = setup(muon_embed_lr=0.05, muon_head_lr=0.004)
     lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     assert lr[id(tied.lm_head.weight)] == 0.05  # tied: the head is the embedding
+
+
+def test_newton_schulz_in_bfloat16_gives_what_float32_gives_to_bf16_precision():
+    torch.manual_seed(0)
+    for shape in ((32, 96), (3, 128, 32)):
+        g = torch.randn(*shape)
+        wide = klm_optimizer_muon.orthogonalise(g)
+        bf16 = klm_optimizer_muon.orthogonalise(g, dtype=torch.bfloat16)
+        assert bf16.dtype == torch.float32  # the update comes back in the gradient's dtype
+        cosine = torch.nn.functional.cosine_similarity(bf16.flatten(), wide.flatten(), dim=0)
+        assert cosine > 0.999, cosine
+        s = torch.linalg.svdvals(bf16)
+        assert s.min() > 0.6 and s.max() < 1.3, (shape, s.min(), s.max())
+
+
+def test_muon_ns_dtype_auto_is_bfloat16_only_where_the_cpu_has_bf16_units(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(klm_optimizer_muon.precision, "cpu_bf16_units", lambda: ["amx_bf16"])
+    assert klm_optimizer_muon.ns_dtype("auto", cpu) == "bfloat16"
+    monkeypatch.setattr(klm_optimizer_muon.precision, "cpu_bf16_units", lambda: [])
+    assert klm_optimizer_muon.ns_dtype("auto", cpu) == "float32"
+    assert klm_optimizer_muon.ns_dtype("bfloat16", cpu) == "bfloat16"  # as asked
+    _, _, optimizer = setup(muon_ns_dtype="auto")
+    assert optimizer.param_groups[-1]["ns_dtype"] == "float32"
+
+
+def test_a_bfloat16_run_iterates_in_bf16_and_checkpoints_its_choice(tmp_path):
+    _, model, optimizer = setup(seed=1, muon_ns_dtype="bfloat16")
+    w = model.blocks[0].mlp.c_proj.weight
+    before = w.detach().clone()
+    step(model, optimizer)
+    _, reference, ref_optimizer = setup(seed=1)  # the same start, float32 iteration
+    step(reference, ref_optimizer)
+    moved, ref_moved = (w - before).flatten(), (reference.blocks[0].mlp.c_proj.weight - before)
+    assert not torch.equal(moved, ref_moved.flatten())  # bf16 rounding: really another path
+    # a gradient of 64 tokens has many small singular values, which the iteration's rounding
+    # moves most; the update is still the float32 one to within a few percent
+    cosine = torch.nn.functional.cosine_similarity(moved, ref_moved.flatten(), dim=0)
+    assert cosine > 0.995, cosine
+    save_checkpoint(tmp_path / "checkpoint.safetensors", model, optimizer, {}, {"step": 1})
+    _, _, loaded = setup(seed=2)
+    load_checkpoint(tmp_path / "checkpoint.safetensors", build_model_like(model), loaded)
+    assert loaded.param_groups[-1]["ns_dtype"] == "bfloat16"
+
+
+def build_model_like(model):
+    registry = get_registry()
+    cfg = resolve(build_config(overrides={**TINY, "optimizer": "muon"}), registry)
+    return build_model(cfg, 50, registry)
+
+
+def test_an_unknown_muon_ns_dtype_is_one_clear_error():
+    with pytest.raises(ConfigError, match="muon_ns_dtype must be float32, bfloat16 or auto"):
+        setup(muon_ns_dtype="float16")
