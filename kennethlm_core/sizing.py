@@ -103,6 +103,8 @@ def tokens_per_s(
         loss.item()  # waits for the device
         times.append(time.perf_counter() - t0)
     torch.set_rng_state(rng)
+    if cfg.compile:  # forget the probe's compiled code (inductor's disk cache keeps it): torch
+        torch.compiler.reset()  # runs a function eagerly once it has compiled it for 8 models
     return cfg.batch_size * cfg.block_size / statistics.median(times[1:]), body_params(model)
 
 

@@ -96,6 +96,30 @@ def test_a_probe_measures_real_training_steps(registry):
     assert rate > 0 and n == sizing.body_params(build_model(cfg, 50, registry))
 
 
+def test_compiled_probes_leave_the_run_its_own_compilation(registry, monkeypatch):
+    """torch compiles a function for at most recompile_limit models (8), then runs it eagerly:
+    a ladder of compiled probes must not use those up, or the run trains uncompiled (a 15-minute
+    run once lost a third of its rate so). Dynamo's eager backend keeps the test quick."""
+    import functools
+
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch.compiler.reset()
+    for width in (32, 48, 64):  # three probes, one model each: past the limit of 2
+        cfg = tiny_config(registry).replace(compile=True, n_embd=width)
+        sizing.tokens_per_s(cfg, registry, 50, torch.device("cpu"), nullcontext, 0.01)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    cfg = tiny_config(registry)
+    model = torch.compile(build_model(cfg, 50, registry))  # the run's own model
+    x = torch.randint(0, 50, (2, cfg.block_size))
+    model(x, x)
+    assert counters["frames"]["ok"] >= 1 and not counters["recompile_limit"], dict(counters)
+    torch.compiler.reset()
+
+
 def test_a_probe_is_its_median_step_so_one_stalled_step_does_not_count(registry):
     cfg, steps = tiny_config(registry), []
 

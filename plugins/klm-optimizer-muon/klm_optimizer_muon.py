@@ -21,11 +21,13 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.optim.adamw import adamw
 
 from kennethlm_core import hookimpl, precision
 from kennethlm_core.errors import ConfigError
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic of the Muon write-up
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused AdamW kernel
 
 
 def orthogonalise(
@@ -132,23 +134,32 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_add_(same, list(update.unbind(0)), alpha=-lr * scale)
 
     def _adamw(self, group):
-        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
+        """torch's AdamW, in its fused kernel (one pass over each tensor) where it has one."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        for p in params:
             state = self.state[p]
             if "step" not in state:
                 state["step"] = 0
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
+        states = [self.state[p] for p in params]
+        # the step count stays an int (as checkpoints keep it); adamw counts on tensors
+        counts = [
+            torch.tensor(float(s["step"]), device=p.device)
+            for s, p in zip(states, params, strict=True)
+        ]
+        beta1, beta2 = group["betas"]
+        adamw(
+            params, [p.grad for p in params], [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states], [], counts,
+            fused=all(p.device.type in FUSED_DEVICES for p in params), amsgrad=False,
+            beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+            eps=group["eps"], maximize=False,
+        )  # fmt: skip
+        for state in states:
             state["step"] += 1
-            t = state["step"]
-            state["exp_avg"].lerp_(p.grad, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(eps)
-            p.mul_(1 - lr * wd)
-            p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1**t))
 
 
 def is_hidden_matrix(name: str, p: torch.nn.Parameter, model: torch.nn.Module) -> bool:
