@@ -27,7 +27,7 @@ from .conftest import REPO
 LINT = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
 # what a plugin's module may import from the core; its tests may use more (testing, plugins, ...)
 PUBLIC = ("components", "config", "data", "errors", "evaluate", "hookspecs", "logs", "metric")
-PUBLIC += ("loggers", "model")
+PUBLIC += ("loggers", "model", "precision")
 
 
 def plugin_modules(root: Path = REPO / "plugins") -> list[str]:
