@@ -8,7 +8,11 @@ record recipe at several sizes and token budgets (``benchmarks/size_rule.py``; d
 
     val_bpb(N, D) = E + A / N**alpha + B / D**beta,
 
-N being the parameters outside the embedding tables and the read-out, D the training tokens.
+N being the parameters outside the embedding tables and the read-out, D the training text in
+tokens of the fit's tokenizer (BPE 1,024, FIT_BYTES_PER_TOKEN). A run with another tokenizer
+counts the text it sees, D = its tokens x its bytes per token / the fit's: a token of a larger
+vocabulary carries more text, and bits per byte are paid per byte.
+
 ``--size auto`` measures, for the shapes of SHAPES, smallest first, the tokens/s of a few
 training steps of the run's own model, optimizer, batch, context, precision and compilation;
 a shape then sees D = tokens/s x the time budget, and the shape with the lowest predicted
@@ -32,6 +36,7 @@ import torch
 from kennethlm_core import precision
 from kennethlm_core.config import RunConfig, resolve
 from kennethlm_core.data import prepare_data
+from kennethlm_core.data.tokens import domain_stats
 from kennethlm_core.device import pick_device
 from kennethlm_core.model import build_model
 
@@ -52,13 +57,17 @@ SHAPES = (
 # val_bpb(N, D) = E + A / N**alpha + B / D**beta: benchmarks/size_rule.py, 2026-12-01, the
 # record recipe (r3) at widths 64-192 x 0.5M-2M tokens, seed 1; rms residual 0.0135
 FIT = {"E": 0.9419, "A": 13.9076, "alpha": 0.25, "B": 337.501, "beta": 0.45}
+FIT_BYTES_PER_TOKEN = 2.4787  # the fit's tokenizer, BPE 1,024, on ../shared/data/corpus
 PROBE_S = 1.5  # seconds of training steps per probed shape
 PATIENCE = 2  # probing stops after this many shapes in a row predict worse than the best
 
 
-def predicted_bpb(n: float, tokens: float) -> float:
-    """The fitted val_bpb of a model with ``n`` parameters (body_params) after ``tokens``."""
+def predicted_bpb(n: float, tokens: float, bytes_per_token: float | None = None) -> float:
+    """The fitted val_bpb of a model with ``n`` parameters (body_params) after ``tokens`` of a
+    tokenizer with ``bytes_per_token`` (None: the fit's own)."""
     f = FIT
+    if bytes_per_token is not None:
+        tokens = tokens * bytes_per_token / FIT_BYTES_PER_TOKEN
     return f["E"] + f["A"] * n ** -f["alpha"] + f["B"] * max(tokens, 1.0) ** -f["beta"]
 
 
@@ -115,21 +124,33 @@ class Choice:
     n_embd: int
     reason: str
     probes: list[dict[str, Any]] = field(default_factory=list)
+    bytes_per_token: float | None = None  # the run's tokenizer's, which the rule counted
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
-                "reason": self.reason, "fit": dict(FIT), "probes": self.probes}  # fmt: skip
+                "reason": self.reason, "fit": dict(FIT),
+                "fit_bytes_per_token": FIT_BYTES_PER_TOKEN,
+                "bytes_per_token": self.bytes_per_token, "probes": self.probes}  # fmt: skip
 
 
-def choose(cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, log=print) -> Choice:
-    """The shape for ``cfg``'s time budget on this machine (see the module docstring)."""
+def choose(
+    cfg: RunConfig,
+    registry: Any,
+    vocab_size: int,
+    device,
+    autocast,
+    log=print,
+    bytes_per_token: float | None = None,
+) -> Choice:
+    """The shape for ``cfg``'s time budget on this machine (see the module docstring), for a
+    tokenizer of ``bytes_per_token`` on the run's corpus (None: the fit's)."""
     probes: list[dict[str, Any]] = []
     best, worse = float("inf"), 0
     for n_layer, n_head, n_embd in SHAPES:
         shape = shaped(cfg, n_layer, n_head, n_embd)
         rate, n = tokens_per_s(shape, registry, vocab_size, device, autocast)
         tokens = rate * cfg.time
-        bpb = predicted_bpb(n, tokens)
+        bpb = predicted_bpb(n, tokens, bytes_per_token)
         probes.append({"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "params": n,
                        "tokens_per_s": round(rate, 1), "tokens": round(tokens),
                        "predicted_bpb": round(bpb, 4)})  # fmt: skip
@@ -150,7 +171,7 @@ def choose(cfg: RunConfig, registry: Any, vocab_size: int, device, autocast, log
         f"{pick['tokens_per_s']:,.0f} tokens/s ({pick['tokens'] / pick['params']:.0f} tokens "
         f"per parameter){'; the largest shape there is' if largest else ''}"
     )
-    return Choice(pick["n_layer"], n_head, pick["n_embd"], reason, probes)
+    return Choice(pick["n_layer"], n_head, pick["n_embd"], reason, probes, bytes_per_token)
 
 
 def auto_size(cfg: RunConfig, registry: Any, log=print) -> tuple[RunConfig, Choice]:
@@ -159,14 +180,18 @@ def auto_size(cfg: RunConfig, registry: Any, log=print) -> tuple[RunConfig, Choi
     The data is prepared first (the vocabulary is the tokenizer's; ``train`` then finds it in
     the cache), and the probes run in the precision ``--dtype`` gives the recipe's shape."""
 
-    vocab_size = prepare_data(cfg, registry, log=log).tokenizer.vocab_size
+    data = prepare_data(cfg, registry, log=log)
+    vocab_size = data.tokenizer.vocab_size
+    per_token = domain_stats(data)["total"]["bytes_per_token"]
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = build_model(cfg, vocab_size, registry).to(device)
     shape = (cfg.batch_size, cfg.block_size)
     chosen = precision.choose(device, cfg.dtype, model, shape, vocab_size)
-    choice = choose(cfg, registry, vocab_size, device, lambda: chosen.autocast(device), log)
+    choice = choose(
+        cfg, registry, vocab_size, device, lambda: chosen.autocast(device), log, per_token
+    )
     log(f"size auto: {choice.reason}")
     sized = cfg.replace(n_layer=choice.n_layer, n_head=choice.n_head, n_embd=choice.n_embd)
     return resolve(sized, registry), choice

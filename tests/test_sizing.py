@@ -81,6 +81,17 @@ def test_the_project_fit_is_filled_in_and_prefers_more_tokens_and_parameters():
     assert sizing.predicted_bpb(1e6, 1e7) < sizing.predicted_bpb(1e5, 1e7)
 
 
+def test_the_rule_counts_text_so_longer_tokens_count_for_more():
+    """D is text in the fit's tokens: a tokenizer of twice its bytes per token has seen what
+    twice the tokens of the fit's tokenizer would hold; its own figure changes nothing."""
+    fit_bpt = sizing.FIT_BYTES_PER_TOKEN
+    assert sizing.predicted_bpb(1e6, 1e6, 2 * fit_bpt) == pytest.approx(
+        sizing.predicted_bpb(1e6, 2e6)
+    )
+    assert sizing.predicted_bpb(1e6, 1e6, fit_bpt) == pytest.approx(sizing.predicted_bpb(1e6, 1e6))
+    assert sizing.predicted_bpb(1e6, 1e6, 2 * fit_bpt) < sizing.predicted_bpb(1e6, 1e6)
+
+
 def test_body_params_leave_out_the_embedding_tables(registry):
     cfg = resolve(build_config(overrides={"n_layer": 2, "n_embd": 64, "n_head": 2}), registry)
     model = build_model(cfg, 300, registry)
@@ -151,6 +162,7 @@ def test_klm_run_size_auto_trains_the_chosen_shape_and_says_why(tmp_path, klm, m
         size["n_layer"], size["n_embd"], size["n_head"],
     )  # fmt: skip
     assert config["size"] == "auto" and size["fit"] == FIT
+    assert 1 < size["bytes_per_token"] < 8  # the rule counted this tokenizer's text
     assert size["probes"][0]["tokens_per_s"] > 0 and "lowest predicted" in size["reason"]
 
 
@@ -178,7 +190,7 @@ def test_a_comparison_refuses_size_auto(klm, tmp_path):
 
 def test_one_worse_probe_does_not_end_the_search_and_two_in_a_row_do(monkeypatch, registry):
     predictions = iter([3.0, 2.0, 2.5, 1.5])  # the third probe slowed by other work
-    monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens: next(predictions))
+    monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens, per_token: next(predictions))
     c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
     assert seen == list(SHAPES) and (c.n_layer, c.n_embd) == SHAPES[3]
     predictions = iter([2.0, 2.5, 2.6, 1.0])
@@ -190,6 +202,6 @@ def test_probing_goes_on_while_the_prediction_falls_whatever_its_rounding(monkey
     """The stop compares unrounded predictions (a rounded one below its own value once
     stopped the probing at the first shape)."""
     predictions = iter([3.00004, 2.00004, 1.00004, 1.5])
-    monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens: next(predictions))
+    monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens, per_token: next(predictions))
     c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
     assert seen == list(SHAPES) and (c.n_layer, c.n_embd) == SHAPES[2]
