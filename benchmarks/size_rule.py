@@ -12,7 +12,8 @@ study resumes), then fits the loss model of Hoffmann et al. (2022),
 
 to the runs by least squares (for each alpha, beta on a grid the rest is linear), N being the
 parameters outside the embedding tables and the read-out (as `--size auto` counts them,
-sizing.body_params) and D the training tokens. Prints the runs, the fit and its residuals,
+sizing.body_params) and D the training tokens, and measures the tokenizer's bytes per token
+(`--size auto` counts a run's text in these tokens). Prints the runs, the fit and its residuals,
 writes fit.json in the study folder and plots val_bpb against D per width, with the fit.
 
 At a fixed number of tokens a bigger model is better; at a fixed *time* it sees fewer tokens.
@@ -162,6 +163,21 @@ def plot(rows: list[dict], f: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def bytes_per_token(args) -> float:
+    """UTF-8 bytes per token of the recipe's tokenizer on the corpus (from the token cache the
+    runs filled): sizing.FIT_BYTES_PER_TOKEN, since `--size auto` counts text in these tokens."""
+    from kennethlm_core.config import resolve
+    from kennethlm_core.data import prepare_data
+    from kennethlm_core.data.tokens import domain_stats
+    from kennethlm_core.plugins import get_registry
+    from kennethlm_core.recipes import build_config
+
+    registry = get_registry()
+    cfg = resolve(build_config(args.recipe, {"corpus": args.corpus}), registry)
+    data = prepare_data(cfg, registry, log=lambda message: None)
+    return domain_stats(data)["total"]["bytes_per_token"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--recipe", default="record")
@@ -197,6 +213,8 @@ def main() -> None:
         f"fit: val_bpb = {f['E']:.4f} + {f['A']:.6g} N^-{f['alpha']:.2f} "
         f"+ {f['B']:.6g} D^-{f['beta']:.2f}, rms residual {f['rms']:.4f}"
     )
+    f["bytes_per_token"] = bytes_per_token(args)
+    print(f"D in tokens of {args.recipe}'s tokenizer: {f['bytes_per_token']:.4f} bytes per token")
     for r in rows:
         r["fitted"] = float(predict(f, r["n"], r["tokens"]))
         print(

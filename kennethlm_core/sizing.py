@@ -57,7 +57,7 @@ SHAPES = (
 # val_bpb(N, D) = E + A / N**alpha + B / D**beta: benchmarks/size_rule.py, 2026-12-01, the
 # record recipe (r3) at widths 64-192 x 0.5M-2M tokens, seed 1; rms residual 0.0135
 FIT = {"E": 0.9419, "A": 13.9076, "alpha": 0.25, "B": 337.501, "beta": 0.45}
-FIT_BYTES_PER_TOKEN = 2.4787  # the fit's tokenizer, BPE 1,024, on ../shared/data/corpus
+FIT_BYTES_PER_TOKEN = 2.4787  # the fit's BPE 1,024 on ../shared/data/corpus (size_rule.py)
 PROBE_S = 1.5  # seconds of training steps per probed shape
 PATIENCE = 2  # probing stops after this many shapes in a row predict worse than the best
 
