@@ -65,12 +65,10 @@ def best_peak(device: str = "cpu") -> tuple[float, str]:
     """(FLOP/s, dtype): the faster of the float32 and the bf16 matmul peak, bf16 measured only
     where the machine has bf16 matrix units (a CPU without them emulates bf16, slowly). MFU
     against this peak says how much of the machine a run uses, whatever precision it chose."""
-    from kennethlm_core.precision import cpu_bf16_units
+    from kennethlm_core.precision import has_bf16_matmul
 
     peaks = {"float32": matmul_peak(torch.float32, device)}
-    if (device == "cpu" and cpu_bf16_units()) or (
-        device == "cuda" and torch.cuda.is_bf16_supported()
-    ):
+    if has_bf16_matmul(torch.device(device)):
         peaks["bfloat16"] = matmul_peak(torch.bfloat16, device)
     dtype = max(peaks, key=peaks.get)
     return peaks[dtype], dtype

@@ -89,6 +89,14 @@ def cpu_bf16_units() -> list[str]:
     return [f for f in BF16_FLAGS if f in flags]
 
 
+def has_bf16_matmul(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU with bf16, a CPU with
+    bf16 matrix instructions; elsewhere not known, so no."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(cpu_bf16_units())
+
+
 def check(device: torch.device, dtype: str) -> None:
     """Refuse a precision the device cannot run."""
     if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():

@@ -60,11 +60,7 @@ def ns_dtype(setting: str, device: torch.device) -> str:
     bfloat16 where ``device`` has bf16 matrix units (a CUDA GPU with bf16, a CPU with AMX,
     AVX512-BF16 or Arm BF16) and float32 elsewhere (a CPU without them emulates bf16 slowly)."""
     if setting == "auto":
-        if device.type == "cuda":
-            fast = torch.cuda.is_bf16_supported()
-        else:
-            fast = device.type == "cpu" and bool(precision.cpu_bf16_units())
-        setting = "bfloat16" if fast else "float32"
+        setting = "bfloat16" if precision.has_bf16_matmul(device) else "float32"
     if setting not in ("float32", "bfloat16"):
         raise ConfigError(
             f"muon_ns_dtype must be float32, bfloat16 or auto, got {setting!r}; "
