@@ -20,12 +20,25 @@ val_bpb wins. A probe's rate is that of its median step, so that a step slowed b
 on the machine does not count; probing stops once two shapes in a row predict worse than the
 best so far (the prediction falls, then rises; one slowed probe does not end the search).
 
-Depth, heads and width come from SHAPES; batch, context and vocabulary stay
-the recipe's. The choice, the fit and every probe's figures go to summary.json (``size``).
+Then the batch: the loss model has no term for it, since below the critical batch size (far
+above the few thousand tokens per step of a CPU run; McCandlish et al., 2018) a larger batch
+needs proportionally fewer steps for the same loss, so tokens/s is all a batch buys. At the
+chosen shape the batch is doubled while a doubling raises the rate by RATE_GAIN or more and the
+run keeps at least MIN_STEPS steps; the learning rates (``lr`` and every ``*_lr`` option) grow
+with the square root of the batch, as the speedrun recipe's search found them to (lr 2e-3,
+muon_lr 0.03 at batch 24; 3e-3, 0.045 at 48). A larger batch makes the fixed costs of a step
+(the optimizer's, which for Muon grow with the matrices, not the tokens) smaller per token,
+most for the largest shapes, so if the batch grew, the shapes above the chosen one are probed
+again at the new batch and the lowest prediction wins.
+
+Context and vocabulary stay the recipe's (the rule has no term for context; a vocabulary
+ladder needs its tokenizers learnt first). The choice, the fit and every probe's figures go to
+summary.json (``size``).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -60,6 +73,9 @@ FIT = {"E": 0.9419, "A": 13.9076, "alpha": 0.25, "B": 337.501, "beta": 0.45}
 FIT_BYTES_PER_TOKEN = 2.4787  # the fit's BPE 1,024 on ../shared/data/corpus (size_rule.py)
 PROBE_S = 1.5  # seconds of training steps per probed shape
 PATIENCE = 2  # probing stops after this many shapes in a row predict worse than the best
+RATE_GAIN = 1.05  # a doubled batch is taken when it is at least this much faster
+MIN_STEPS = 1000  # and the run keeps at least this many optimizer steps
+MAX_DOUBLINGS = 5  # the batch grows to at most 32 times the recipe's
 
 
 def predicted_bpb(n: float, tokens: float, bytes_per_token: float | None = None) -> float:
@@ -73,6 +89,14 @@ def predicted_bpb(n: float, tokens: float, bytes_per_token: float | None = None)
 
 def shaped(cfg: RunConfig, n_layer: int, n_head: int, n_embd: int) -> RunConfig:
     return cfg.replace(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+
+
+def batched(cfg: RunConfig, batch_size: int) -> dict[str, Any]:
+    """The settings that train ``cfg`` at ``batch_size``: the batch, and every learning rate
+    (``lr`` and the ``*_lr`` options; 0, "lr's", stays 0) times sqrt(batch_size / cfg's)."""
+    scale = math.sqrt(batch_size / cfg.batch_size)
+    rates = {k: float(v) * scale for k, v in cfg.options.items() if k.endswith("_lr")}
+    return {"batch_size": batch_size, "lr": cfg.lr * scale, **rates}
 
 
 def body_params(model: torch.nn.Module) -> int:
@@ -125,12 +149,59 @@ class Choice:
     reason: str
     probes: list[dict[str, Any]] = field(default_factory=list)
     bytes_per_token: float | None = None  # the run's tokenizer's, which the rule counted
+    settings: dict[str, Any] = field(default_factory=dict)  # batch and learning rates, if changed
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
-                "reason": self.reason, "fit": dict(FIT),
+                **self.settings, "reason": self.reason, "fit": dict(FIT),
                 "fit_bytes_per_token": FIT_BYTES_PER_TOKEN,
                 "bytes_per_token": self.bytes_per_token, "probes": self.probes}  # fmt: skip
+
+
+class _Prober:
+    """Probes (shape, batch) pairs for ``cfg``'s budget, keeping every probe's figures."""
+
+    def __init__(self, cfg, registry, vocab_size, device, autocast, log, bytes_per_token):
+        self.cfg, self.registry, self.vocab_size = cfg, registry, vocab_size
+        self.device, self.autocast, self.log = device, autocast, log
+        self.bytes_per_token = bytes_per_token
+        self.probes: list[dict[str, Any]] = []
+
+    def probe(self, shape: tuple[int, int, int], batch: int) -> dict[str, Any]:
+        n_layer, n_head, n_embd = shape
+        cfg = self.cfg
+        run = shaped(cfg, *shape).replace(**batched(cfg, batch))
+        rate, n = tokens_per_s(run, self.registry, self.vocab_size, self.device, self.autocast)
+        tokens = rate * cfg.time
+        bpb = predicted_bpb(n, tokens, self.bytes_per_token)
+        p = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "batch_size": batch,
+             "params": n, "tokens_per_s": round(rate, 1), "tokens": round(tokens),
+             "steps": round(tokens / (batch * cfg.block_size)),
+             "predicted_bpb": round(bpb, 4), "_bpb": bpb}  # fmt: skip
+        self.probes.append(p)
+        self.log(
+            f"size auto: {n_layer} x {n_embd} ({n:,} parameters), batch {batch}: {rate:,.0f} "
+            f"tokens/s, {tokens / 1e6:.1f}M tokens in {cfg.time:g}s, predicted val_bpb {bpb:.3f}"
+        )
+        return p
+
+    def ladder(self, shapes, batch: int) -> dict[str, Any]:
+        """The best of ``shapes`` (smallest first) at ``batch``, stopping PATIENCE shapes past
+        the best."""
+        tried: list[dict[str, Any]] = []
+        best, worse = float("inf"), 0
+        for shape in shapes:
+            p = self.probe(shape, batch)
+            tried.append(p)
+            worse = worse + 1 if p["_bpb"] > best else 0
+            if worse == PATIENCE:
+                break  # past the best: bigger shapes see ever fewer tokens
+            best = min(best, p["_bpb"])
+        return min(tried, key=lambda p: p["_bpb"])
+
+
+def _shape(p: dict[str, Any]) -> tuple[int, int, int]:
+    return p["n_layer"], p["n_head"], p["n_embd"]
 
 
 def choose(
@@ -142,40 +213,48 @@ def choose(
     log=print,
     bytes_per_token: float | None = None,
 ) -> Choice:
-    """The shape for ``cfg``'s time budget on this machine (see the module docstring), for a
-    tokenizer of ``bytes_per_token`` on the run's corpus (None: the fit's)."""
-    probes: list[dict[str, Any]] = []
-    best, worse = float("inf"), 0
-    for n_layer, n_head, n_embd in SHAPES:
-        shape = shaped(cfg, n_layer, n_head, n_embd)
-        rate, n = tokens_per_s(shape, registry, vocab_size, device, autocast)
-        tokens = rate * cfg.time
-        bpb = predicted_bpb(n, tokens, bytes_per_token)
-        probes.append({"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "params": n,
-                       "tokens_per_s": round(rate, 1), "tokens": round(tokens),
-                       "predicted_bpb": round(bpb, 4)})  # fmt: skip
-        log(
-            f"size auto: {n_layer} x {n_embd} ({n:,} parameters): {rate:,.0f} tokens/s, "
-            f"{tokens / 1e6:.1f}M tokens in {cfg.time:g}s, predicted val_bpb {bpb:.3f}"
+    """The shape and batch for ``cfg``'s time budget on this machine (see the module
+    docstring), for a tokenizer of ``bytes_per_token`` on the run's corpus (None: the fit's)."""
+    prober = _Prober(cfg, registry, vocab_size, device, autocast, log, bytes_per_token)
+    pick = prober.ladder(SHAPES, cfg.batch_size)
+    shape, batch = _shape(pick), cfg.batch_size
+    why_batch = ""  # (the loop ending on its own means the batch grew: said below)
+    for _ in range(MAX_DOUBLINGS):  # the batch, at the chosen shape
+        steps = pick["tokens"] / (2 * batch * cfg.block_size)
+        if steps < MIN_STEPS:
+            why_batch = f"; batch {batch}: twice would leave {steps:,.0f} steps"
+            break
+        doubled = prober.probe(shape, 2 * batch)
+        gain = doubled["tokens_per_s"] / pick["tokens_per_s"]
+        if gain < RATE_GAIN:
+            why_batch = f"; batch {batch}: twice was {gain:.2f}x the rate"
+            break
+        pick, batch = doubled, 2 * batch
+    if batch != cfg.batch_size:  # bigger shapes gain the most from a bigger batch
+        above = SHAPES[SHAPES.index(shape) + 1 :]
+        if above:
+            pick = min(pick, prober.ladder(above, batch), key=lambda p: p["_bpb"])
+        scale = math.sqrt(batch / cfg.batch_size)
+        why_batch = (
+            f"; batch {batch}, {pick['steps']:,} steps, learning rates x{scale:.2f}"
+            f" (a doubling was {RATE_GAIN:.2f}x the rate or more)"
         )
-        worse = worse + 1 if bpb > best else 0
-        if worse == PATIENCE:
-            break  # past the best: bigger shapes see ever fewer tokens
-        best = min(best, bpb)
-    pick = min(probes, key=lambda p: p["predicted_bpb"])
-    n_head = pick["n_head"]
-    largest = pick is probes[-1] and len(probes) == len(SHAPES)
+    largest = _shape(pick) == SHAPES[-1]
     reason = (
-        f"{pick['n_layer']} layers x {pick['n_embd']} ({n_head} heads): the lowest predicted "
-        f"val_bpb, {pick['predicted_bpb']:.3f}, for {pick['tokens'] / 1e6:.1f}M tokens at "
-        f"{pick['tokens_per_s']:,.0f} tokens/s ({pick['tokens'] / pick['params']:.0f} tokens "
-        f"per parameter){'; the largest shape there is' if largest else ''}"
+        f"{pick['n_layer']} layers x {pick['n_embd']} ({pick['n_head']} heads): the lowest "
+        f"predicted val_bpb, {pick['predicted_bpb']:.3f}, for {pick['tokens'] / 1e6:.1f}M tokens "
+        f"at {pick['tokens_per_s']:,.0f} tokens/s ({pick['tokens'] / pick['params']:.0f} tokens "
+        f"per parameter){'; the largest shape there is' if largest else ''}{why_batch}"
     )
-    return Choice(pick["n_layer"], n_head, pick["n_embd"], reason, probes, bytes_per_token)
+    for p in prober.probes:
+        del p["_bpb"]
+    settings = batched(cfg, batch) if batch != cfg.batch_size else {}
+    return Choice(*_shape(pick), reason, prober.probes, bytes_per_token, settings)
 
 
 def auto_size(cfg: RunConfig, registry: Any, log=print) -> tuple[RunConfig, Choice]:
-    """``cfg`` with the shape ``choose`` picks (``cfg.size == "auto"``), and the choice.
+    """``cfg`` with the shape and batch ``choose`` picks (``cfg.size == "auto"``), and the
+    choice.
 
     The data is prepared first (the vocabulary is the tokenizer's; ``train`` then finds it in
     the cache), and the probes run in the precision ``--dtype`` gives the recipe's shape."""
@@ -193,5 +272,7 @@ def auto_size(cfg: RunConfig, registry: Any, log=print) -> tuple[RunConfig, Choi
         cfg, registry, vocab_size, device, lambda: chosen.autocast(device), log, per_token
     )
     log(f"size auto: {choice.reason}")
-    sized = cfg.replace(n_layer=choice.n_layer, n_head=choice.n_head, n_embd=choice.n_embd)
+    sized = cfg.replace(
+        n_layer=choice.n_layer, n_head=choice.n_head, n_embd=choice.n_embd, **choice.settings
+    )
     return resolve(sized, registry), choice

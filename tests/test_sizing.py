@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager, nullcontext
+from itertools import chain, repeat
 from time import sleep
 
 import pytest
@@ -17,13 +18,14 @@ from kennethlm_core.model import build_model
 from .conftest import assert_one_line_error, tiny_config
 
 
-def fake_probes(monkeypatch, rates: dict[tuple[int, int], float], n: dict[tuple[int, int], int]):
-    """tokens_per_s answers from tables: (rate, body params) per (n_layer, n_embd)."""
+def fake_probes(monkeypatch, rates, n, gain=lambda batch: 1.0):
+    """tokens_per_s answers from tables: (rate x gain(batch), body params) per (n_layer,
+    n_embd). Returns the probes asked for, as (n_layer, n_embd, batch)."""
     probed = []
 
     def probe(cfg, registry, vocab_size, device, autocast, seconds=0):
-        probed.append((cfg.n_layer, cfg.n_embd))
-        return rates[cfg.n_layer, cfg.n_embd], n[cfg.n_layer, cfg.n_embd]
+        probed.append((cfg.n_layer, cfg.n_embd, cfg.batch_size))
+        return rates[cfg.n_layer, cfg.n_embd] * gain(cfg.batch_size), n[cfg.n_layer, cfg.n_embd]
 
     monkeypatch.setattr(sizing, "tokens_per_s", probe)
     return probed
@@ -33,14 +35,17 @@ SHAPES = ((2, 64), (4, 64), (4, 128), (4, 256))  # (n_layer, n_embd)
 HEADS = {(2, 64): 2, (4, 64): 2, (4, 128): 4, (4, 256): 4}
 N = {(2, 64): 100_000, (4, 64): 200_000, (4, 128): 800_000, (4, 256): 3_200_000}
 FIT = {"E": 1.0, "A": 10.0, "alpha": 0.25, "B": 100.0, "beta": 0.35}
+BATCH = 4  # tiny_config's
 
 
-def choice(monkeypatch, registry, rates, time=1000.0):
+def choice(monkeypatch, registry, rates, time=1000.0, gain=lambda batch: 1.0, **overrides):
+    """The choice, and the shapes probed at the recipe's batch as (n_layer, n_embd)."""
     monkeypatch.setattr(sizing, "SHAPES", tuple((d, HEADS[d, w], w) for d, w in SHAPES))
     monkeypatch.setattr(sizing, "FIT", FIT)
-    seen = fake_probes(monkeypatch, rates, N)
-    cfg = tiny_config(registry).replace(time=time, steps=0)
-    return sizing.choose(cfg, registry, 50, torch.device("cpu"), None, log=lambda m: None), seen
+    seen = fake_probes(monkeypatch, rates, N, gain)
+    cfg = tiny_config(registry, **overrides).replace(time=time, steps=0)
+    c = sizing.choose(cfg, registry, 50, torch.device("cpu"), None, log=lambda m: None)
+    return c, [(d, w) for d, w, b in seen if b == cfg.batch_size]
 
 
 def test_the_shape_with_the_lowest_predicted_bpb_wins_and_probing_stops_past_it(
@@ -54,7 +59,8 @@ def test_the_shape_with_the_lowest_predicted_bpb_wins_and_probing_stops_past_it(
     assert (c.n_layer, c.n_embd) == best and c.n_head == HEADS[best]
     assert best != SHAPES[-1]  # the case is interesting: the prediction rises after the best
     assert seen == list(SHAPES[: SHAPES.index(best) + 1 + sizing.PATIENCE])  # no further
-    assert [p["predicted_bpb"] for p in c.probes] == [round(predicted[s], 4) for s in seen]
+    shapes = [p for p in c.probes if p["batch_size"] == BATCH]
+    assert [p["predicted_bpb"] for p in shapes] == [round(predicted[s], 4) for s in seen]
     assert "lowest predicted val_bpb" in c.reason and "tokens per parameter" in c.reason
 
 
@@ -147,6 +153,60 @@ def test_a_probe_is_its_median_step_so_one_stalled_step_does_not_count(registry)
     assert len(steps) == 4 and rate > 10 * tokens
 
 
+def test_the_batch_doubles_while_it_buys_rate_with_learning_rates_by_its_square_root(
+    monkeypatch, registry
+):
+    """Rate x1.3 from batch 4 to 8, x1.1 to 16, x1.02 to 32: batch 16 (the gain to 32 is under
+    RATE_GAIN); lr and each *_lr option scaled by sqrt(16 / 4) = 2, an option of 0 kept 0."""
+    rates = {(2, 64): 40_000.0, (4, 64): 20_000.0, (4, 128): 5_000.0, (4, 256): 1_250.0}
+    gains = {4: 1.0, 8: 1.3, 16: 1.43, 32: 1.46}
+    c, _ = choice(monkeypatch, registry, rates, gain=gains.get, lr=1e-3, optimizer="muon")
+    assert c.settings["batch_size"] == 16
+    assert c.settings["lr"] == pytest.approx(2e-3)
+    assert c.settings["muon_lr"] == pytest.approx(2 * 0.02)  # muon's default, doubled
+    assert c.settings["muon_embed_lr"] == 0.0  # 0: lr's (already scaled)
+    assert "batch 16" in c.reason and "learning rates x2.00" in c.reason
+    assert c.to_dict()["batch_size"] == 16
+
+
+def test_no_faster_batch_keeps_the_recipes_batch_and_says_why(monkeypatch, registry):
+    rates = {(2, 64): 40_000.0, (4, 64): 20_000.0, (4, 128): 5_000.0, (4, 256): 1_250.0}
+    c, _ = choice(monkeypatch, registry, rates, gain={4: 1.0, 8: 1.02}.get)
+    assert c.settings == {} and "batch 4: twice was 1.02x the rate" in c.reason
+
+
+def test_the_batch_stops_doubling_before_the_run_has_too_few_steps(monkeypatch, registry):
+    # 1,250 tokens/s x 100 s at 4 x 256: doubling batch 4 of 16 tokens leaves 977 steps
+    rates = dict.fromkeys(SHAPES, 1_250.0)
+    c, _ = choice(monkeypatch, registry, rates, time=100.0, gain={4: 1.0, 8: 2.0}.get)
+    assert c.settings == {} and "twice would leave 977 steps" in c.reason
+
+
+def test_a_bigger_batch_probes_the_bigger_shapes_again(monkeypatch, registry):
+    """At batch 4 the second shape wins; a doubled batch that only the bigger shapes gain
+    from (their optimizer cost per step amortised) makes the third win."""
+    rates = {(2, 64): 40_000.0, (4, 64): 30_000.0, (4, 128): 5_000.0, (4, 256): 1_000.0}
+    monkeypatch.setattr(sizing, "MIN_STEPS", 1)
+    calls = []
+
+    def probe(cfg, registry, vocab_size, device, autocast, seconds=0):
+        calls.append((cfg.n_layer, cfg.n_embd, cfg.batch_size))
+        big = cfg.n_embd >= 128 and cfg.batch_size == 8
+        return rates[cfg.n_layer, cfg.n_embd] * (1.1 if cfg.batch_size == 8 else 1.0) * (
+            8.0 if big else 1.0
+        ), N[cfg.n_layer, cfg.n_embd]
+
+    monkeypatch.setattr(sizing, "SHAPES", tuple((d, HEADS[d, w], w) for d, w in SHAPES))
+    monkeypatch.setattr(sizing, "FIT", FIT)
+    monkeypatch.setattr(sizing, "tokens_per_s", probe)
+    cfg = tiny_config(registry).replace(time=1000.0, steps=0)
+    c = sizing.choose(cfg, registry, 50, torch.device("cpu"), None, log=lambda m: None)
+    at4 = [(d, w) for d, w, b in calls if b == 4]
+    assert at4 == list(SHAPES)  # (4, 64) best at batch 4, then two worse
+    assert (4, 64, 8) in calls and (4, 128, 8) in calls  # the batch, then the shapes above
+    assert (c.n_layer, c.n_embd, c.settings["batch_size"]) == (4, 128, 8)
+
+
 def test_klm_run_size_auto_trains_the_chosen_shape_and_says_why(tmp_path, klm, monkeypatch):
     monkeypatch.setattr(sizing, "SHAPES", ((1, 1, 32), (2, 2, 64), (2, 3, 96)))
     monkeypatch.setattr(sizing, "PROBE_S", 0.05)
@@ -189,11 +249,12 @@ def test_a_comparison_refuses_size_auto(klm, tmp_path):
 
 
 def test_one_worse_probe_does_not_end_the_search_and_two_in_a_row_do(monkeypatch, registry):
-    predictions = iter([3.0, 2.0, 2.5, 1.5])  # the third probe slowed by other work
+    # (then 9.0: the doubled batch, no faster here, is probed and left)
+    predictions = chain([3.0, 2.0, 2.5, 1.5], repeat(9.0))  # the third probe slowed by other work
     monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens, per_token: next(predictions))
     c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
     assert seen == list(SHAPES) and (c.n_layer, c.n_embd) == SHAPES[3]
-    predictions = iter([2.0, 2.5, 2.6, 1.0])
+    predictions = chain([2.0, 2.5, 2.6, 1.0], repeat(9.0))
     c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
     assert seen == list(SHAPES[:3]) and (c.n_layer, c.n_embd) == SHAPES[0]
 
@@ -201,7 +262,7 @@ def test_one_worse_probe_does_not_end_the_search_and_two_in_a_row_do(monkeypatch
 def test_probing_goes_on_while_the_prediction_falls_whatever_its_rounding(monkeypatch, registry):
     """The stop compares unrounded predictions (a rounded one below its own value once
     stopped the probing at the first shape)."""
-    predictions = iter([3.00004, 2.00004, 1.00004, 1.5])
+    predictions = chain([3.00004, 2.00004, 1.00004, 1.5], repeat(9.0))
     monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens, per_token: next(predictions))
     c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
     assert seen == list(SHAPES) and (c.n_layer, c.n_embd) == SHAPES[2]
