@@ -65,9 +65,9 @@ FLAGS: dict[str, Flag] = {
     "lr": Flag("Peak learning rate."),
     "dropout": Flag("Dropout probability."),
     "size": Flag(
-        "auto: layers, heads, width and batch (from the given one up, learning rates with it) "
-        "chosen for the --time budget on this machine (measured tokens/s and the project's "
-        "size rule).",
+        "auto: layers, heads, width, batch (from the given one up, learning rates with it) and "
+        "vocabulary chosen for the --time budget on this machine (measured tokens/s and the "
+        "project's size rule).",
         choices=("auto",),
     ),
     "steps": Flag("Budget: optimizer steps.", text=True),

@@ -55,7 +55,7 @@ class RunConfig:
     bias: bool = False
     dropout: float = 0.0
     residual: bool = True  # False only to show, in the ladder, what residual connections buy
-    size: str = ""  # "auto": shape and batch chosen for the time budget (sizing.py)
+    size: str = ""  # "auto": shape, batch, vocabulary chosen for the time budget (sizing.py)
     # optimisation
     batch_size: int = 12
     lr: float = 1e-3

@@ -18,7 +18,9 @@ training steps of the run's own model, optimizer, batch, context, precision and 
 a shape then sees D = tokens/s x the time budget, and the shape with the lowest predicted
 val_bpb wins. A probe's rate is that of its median step, so that a step slowed by other work
 on the machine does not count; probing stops once two shapes in a row predict worse than the
-best so far (the prediction falls, then rises; one slowed probe does not end the search).
+best so far (the prediction falls, then rises; one slowed probe does not end the search), or
+one predicts worse by MARGIN, more than a slowed probe would (the bigger shapes would only
+cost the time and the memory of their probes).
 
 Then the batch: the loss model has no term for it, since below the critical batch size (far
 above the few thousand tokens per step of a CPU run; McCandlish et al., 2018) a larger batch
@@ -31,9 +33,15 @@ muon_lr 0.03 at batch 24; 3e-3, 0.045 at 48). A larger batch makes the fixed cos
 most for the largest shapes, so if the batch grew, the shapes above the chosen one are probed
 again at the new batch and the lowest prediction wins.
 
-Context and vocabulary stay the recipe's (the rule has no term for context; a vocabulary
-ladder needs its tokenizers learnt first). The choice, the fit and every probe's figures go to
-summary.json (``size``).
+Last the vocabulary, at the chosen shape and batch, for a recipe that sets ``vocab_size``:
+the recipe's tokenizer is learnt at twice the size (and cached), its bytes per token measured
+on the corpus and the shape probed with it (the larger read-out is in the rate, the longer
+tokens in the text the rule counts); doubling goes on while the prediction falls, and if twice
+the size did not win, halving is tried the same way. Each size is tried between 256 and 32,768
+(VOCABULARIES).
+
+The context stays the recipe's: the rule has no term for it. The choice, the fit and every
+probe's figures go to summary.json (``size``).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +82,11 @@ FIT = {"E": 0.9419, "A": 13.9076, "alpha": 0.25, "B": 337.501, "beta": 0.45}
 FIT_BYTES_PER_TOKEN = 2.4787  # the fit's BPE 1,024 on ../shared/data/corpus (size_rule.py)
 PROBE_S = 1.5  # seconds of training steps per probed shape
 PATIENCE = 2  # probing stops after this many shapes in a row predict worse than the best
+MARGIN = 0.02  # or at one that predicts this much worse (a rate 5% off moves it by ~0.005)
 RATE_GAIN = 1.05  # a doubled batch is taken when it is at least this much faster
 MIN_STEPS = 1000  # and the run keeps at least this many optimizer steps
 MAX_DOUBLINGS = 5  # the batch grows to at most 32 times the recipe's
+VOCABULARIES = (256, 32768)  # the vocabulary sizes the rule may try, smallest and largest
 
 
 def predicted_bpb(n: float, tokens: float, bytes_per_token: float | None = None) -> float:
@@ -158,6 +169,16 @@ class Choice:
                 "bytes_per_token": self.bytes_per_token, "probes": self.probes}  # fmt: skip
 
 
+@dataclass
+class Vocabulary:
+    """A candidate vocabulary: the ``vocab_size`` setting, the size the tokenizer gave (at most
+    the setting) and its bytes per token on the run's corpus."""
+
+    setting: int
+    vocab_size: int
+    bytes_per_token: float
+
+
 class _Prober:
     """Probes (shape, batch) pairs for ``cfg``'s budget, keeping every probe's figures."""
 
@@ -167,36 +188,47 @@ class _Prober:
         self.bytes_per_token = bytes_per_token
         self.probes: list[dict[str, Any]] = []
 
-    def probe(self, shape: tuple[int, int, int], batch: int) -> dict[str, Any]:
+    def probe(
+        self, shape: tuple[int, int, int], batch: int, vocab: Vocabulary | None = None
+    ) -> dict[str, Any]:
+        """Probes ``shape`` at ``batch``, with the recipe's vocabulary or ``vocab``."""
         n_layer, n_head, n_embd = shape
         cfg = self.cfg
         run = shaped(cfg, *shape).replace(**batched(cfg, batch))
-        rate, n = tokens_per_s(run, self.registry, self.vocab_size, self.device, self.autocast)
+        vocab_size, per_token = self.vocab_size, self.bytes_per_token
+        if vocab is not None:
+            run = run.replace(vocab_size=vocab.setting)
+            vocab_size, per_token = vocab.vocab_size, vocab.bytes_per_token
+        rate, n = tokens_per_s(run, self.registry, vocab_size, self.device, self.autocast)
         tokens = rate * cfg.time
-        bpb = predicted_bpb(n, tokens, self.bytes_per_token)
+        bpb = predicted_bpb(n, tokens, per_token)
         p = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "batch_size": batch,
-             "params": n, "tokens_per_s": round(rate, 1), "tokens": round(tokens),
+             "vocab_size": vocab_size, "bytes_per_token": per_token, "params": n,
+             "tokens_per_s": round(rate, 1), "tokens": round(tokens),
              "steps": round(tokens / (batch * cfg.block_size)),
-             "predicted_bpb": round(bpb, 4), "_bpb": bpb}  # fmt: skip
+             "predicted_bpb": round(bpb, 4), "_bpb": bpb,
+             "_setting": vocab.setting if vocab else cfg.vocab_size}  # fmt: skip
         self.probes.append(p)
         self.log(
-            f"size auto: {n_layer} x {n_embd} ({n:,} parameters), batch {batch}: {rate:,.0f} "
-            f"tokens/s, {tokens / 1e6:.1f}M tokens in {cfg.time:g}s, predicted val_bpb {bpb:.3f}"
+            f"size auto: {n_layer} x {n_embd} ({n:,} parameters), batch {batch}, vocabulary "
+            f"{vocab_size:,}: {rate:,.0f} tokens/s, {tokens / 1e6:.1f}M tokens in "
+            f"{cfg.time:g}s, predicted val_bpb {bpb:.3f}"
         )
         return p
 
-    def ladder(self, shapes, batch: int) -> dict[str, Any]:
-        """The best of ``shapes`` (smallest first) at ``batch``, stopping PATIENCE shapes past
-        the best."""
-        tried: list[dict[str, Any]] = []
-        best, worse = float("inf"), 0
+    def ladder(self, shapes, batch: int, best: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The best of ``shapes`` (smallest first) at ``batch`` and ``best`` (a probe already
+        made), stopping past the best: at a shape that predicts MARGIN worse than it, or at
+        PATIENCE shapes in a row that predict worse."""
+        tried = [best] if best else []
+        lowest, worse = (best["_bpb"] if best else float("inf")), 0
         for shape in shapes:
             p = self.probe(shape, batch)
             tried.append(p)
-            worse = worse + 1 if p["_bpb"] > best else 0
-            if worse == PATIENCE:
+            worse = worse + 1 if p["_bpb"] > lowest else 0
+            if worse == PATIENCE or p["_bpb"] > lowest + MARGIN:
                 break  # past the best: bigger shapes see ever fewer tokens
-            best = min(best, p["_bpb"])
+            lowest = min(lowest, p["_bpb"])
         return min(tried, key=lambda p: p["_bpb"])
 
 
@@ -212,9 +244,13 @@ def choose(
     autocast,
     log=print,
     bytes_per_token: float | None = None,
+    vocabulary: Callable[[int], Vocabulary | None] | None = None,
 ) -> Choice:
-    """The shape and batch for ``cfg``'s time budget on this machine (see the module
-    docstring), for a tokenizer of ``bytes_per_token`` on the run's corpus (None: the fit's)."""
+    """The shape, batch and vocabulary for ``cfg``'s time budget on this machine (see the
+    module docstring), for a tokenizer of ``bytes_per_token`` on the run's corpus (None: the
+    fit's). ``vocabulary(n)`` gives the Vocabulary of a ``vocab_size`` setting of n (None where
+    the tokenizer takes no such size); without it the vocabulary stays the recipe's, as it does
+    where the recipe leaves the size to the tokenizer (``vocab_size`` 0)."""
     prober = _Prober(cfg, registry, vocab_size, device, autocast, log, bytes_per_token)
     pick = prober.ladder(SHAPES, cfg.batch_size)
     shape, batch = _shape(pick), cfg.batch_size
@@ -233,31 +269,58 @@ def choose(
     if batch != cfg.batch_size:  # bigger shapes gain the most from a bigger batch
         above = SHAPES[SHAPES.index(shape) + 1 :]
         if above:
-            pick = min(pick, prober.ladder(above, batch), key=lambda p: p["_bpb"])
+            pick = prober.ladder(above, batch, pick)
         scale = math.sqrt(batch / cfg.batch_size)
         why_batch = (
             f"; batch {batch}, {pick['steps']:,} steps, learning rates x{scale:.2f}"
             f" (a doubling was {RATE_GAIN:.2f}x the rate or more)"
         )
+    why_vocab = ""
+    if vocabulary is not None and cfg.vocab_size:
+        pick, why_vocab = _vocabulary(prober, pick, batch, vocabulary)
     largest = _shape(pick) == SHAPES[-1]
     reason = (
         f"{pick['n_layer']} layers x {pick['n_embd']} ({pick['n_head']} heads): the lowest "
         f"predicted val_bpb, {pick['predicted_bpb']:.3f}, for {pick['tokens'] / 1e6:.1f}M tokens "
         f"at {pick['tokens_per_s']:,.0f} tokens/s ({pick['tokens'] / pick['params']:.0f} tokens "
-        f"per parameter){'; the largest shape there is' if largest else ''}{why_batch}"
+        f"per parameter){'; the largest shape there is' if largest else ''}{why_batch}{why_vocab}"
     )
-    for p in prober.probes:
-        del p["_bpb"]
     settings = batched(cfg, batch) if batch != cfg.batch_size else {}
-    return Choice(*_shape(pick), reason, prober.probes, bytes_per_token, settings)
+    if pick["vocab_size"] != vocab_size:
+        settings["vocab_size"] = pick["_setting"]
+    for p in prober.probes:
+        del p["_bpb"], p["_setting"]
+    return Choice(*_shape(pick), reason, prober.probes, pick["bytes_per_token"], settings)
+
+
+def _vocabulary(prober: _Prober, pick: dict[str, Any], batch: int, vocabulary) -> tuple:
+    """(the best probe, why) over vocabularies at ``pick``'s shape and ``batch``: doubling the
+    recipe's vocabulary while that predicts better, else halving it while that does."""
+    cfg, best = prober.cfg, pick
+    for factor in (2.0, 0.5):
+        setting = cfg.vocab_size
+        while VOCABULARIES[0] <= (setting := int(setting * factor)) <= VOCABULARIES[1]:
+            vocab = vocabulary(setting)
+            if vocab is None:  # the tokenizer takes no such size
+                break
+            p = prober.probe(_shape(pick), batch, vocab)
+            if p["_bpb"] >= best["_bpb"]:
+                break
+            best = p
+        if best is not pick:
+            break  # a larger vocabulary won: no need to look below
+    tried = sorted({p["vocab_size"] for p in prober.probes if _shape(p) == _shape(pick)})
+    sizes = ", ".join(f"{v:,}" for v in tried)
+    return best, f"; vocabulary {best['vocab_size']:,} of {sizes}"
 
 
 def auto_size(cfg: RunConfig, registry: Any, log=print) -> tuple[RunConfig, Choice]:
-    """``cfg`` with the shape and batch ``choose`` picks (``cfg.size == "auto"``), and the
-    choice.
+    """``cfg`` with the shape, batch and vocabulary ``choose`` picks (``cfg.size == "auto"``),
+    and the choice.
 
-    The data is prepared first (the vocabulary is the tokenizer's; ``train`` then finds it in
-    the cache), and the probes run in the precision ``--dtype`` gives the recipe's shape."""
+    The data is prepared first, for every vocabulary tried (each tokenizer is learnt once and
+    cached, so ``train`` finds the chosen one's data there), and the probes run in the
+    precision ``--dtype`` gives the recipe's shape."""
 
     data = prepare_data(cfg, registry, log=log)
     vocab_size = data.tokenizer.vocab_size
@@ -268,9 +331,17 @@ def auto_size(cfg: RunConfig, registry: Any, log=print) -> tuple[RunConfig, Choi
     model = build_model(cfg, vocab_size, registry).to(device)
     shape = (cfg.batch_size, cfg.block_size)
     chosen = precision.choose(device, cfg.dtype, model, shape, vocab_size)
-    choice = choose(
-        cfg, registry, vocab_size, device, lambda: chosen.autocast(device), log, per_token
-    )
+
+    def vocabulary(setting: int) -> Vocabulary | None:
+        log(f"size auto: the {cfg.tokenizer} tokenizer of {setting:,} tokens (learnt once)")
+        other = prepare_data(cfg.replace(vocab_size=setting), registry, log=log)
+        size = other.tokenizer.vocab_size
+        if size == vocab_size:  # the tokenizer ignores the setting, or has run out of text
+            return None
+        return Vocabulary(setting, size, domain_stats(other)["total"]["bytes_per_token"])
+
+    autocast = lambda: chosen.autocast(device)  # noqa: E731
+    choice = choose(cfg, registry, vocab_size, device, autocast, log, per_token, vocabulary)
     log(f"size auto: {choice.reason}")
     sized = cfg.replace(
         n_layer=choice.n_layer, n_head=choice.n_head, n_embd=choice.n_embd, **choice.settings

@@ -18,14 +18,15 @@ from kennethlm_core.model import build_model
 from .conftest import assert_one_line_error, tiny_config
 
 
-def fake_probes(monkeypatch, rates, n, gain=lambda batch: 1.0):
-    """tokens_per_s answers from tables: (rate x gain(batch), body params) per (n_layer,
-    n_embd). Returns the probes asked for, as (n_layer, n_embd, batch)."""
+def fake_probes(monkeypatch, rates, n, gain=lambda batch: 1.0, vocab_gain=None):
+    """tokens_per_s answers from tables: (rate x gain(batch) x vocab_gain[vocab_size], body
+    params) per (n_layer, n_embd). Returns the probes asked for, as (n_layer, n_embd, batch)."""
     probed = []
 
     def probe(cfg, registry, vocab_size, device, autocast, seconds=0):
         probed.append((cfg.n_layer, cfg.n_embd, cfg.batch_size))
-        return rates[cfg.n_layer, cfg.n_embd] * gain(cfg.batch_size), n[cfg.n_layer, cfg.n_embd]
+        rate = rates[cfg.n_layer, cfg.n_embd] * gain(cfg.batch_size)
+        return rate * (vocab_gain or {}).get(vocab_size, 1.0), n[cfg.n_layer, cfg.n_embd]
 
     monkeypatch.setattr(sizing, "tokens_per_s", probe)
     return probed
@@ -38,13 +39,25 @@ FIT = {"E": 1.0, "A": 10.0, "alpha": 0.25, "B": 100.0, "beta": 0.35}
 BATCH = 4  # tiny_config's
 
 
-def choice(monkeypatch, registry, rates, time=1000.0, gain=lambda batch: 1.0, **overrides):
-    """The choice, and the shapes probed at the recipe's batch as (n_layer, n_embd)."""
+def choice(
+    monkeypatch, registry, rates, time=1000.0, gain=lambda batch: 1.0, vocabularies=None,
+    **overrides,
+):  # fmt: skip
+    """The choice, and the shapes probed at the recipe's batch as (n_layer, n_embd).
+    ``vocabularies``: {setting: (vocab_size, bytes per token, rate factor)} the rule may try."""
     monkeypatch.setattr(sizing, "SHAPES", tuple((d, HEADS[d, w], w) for d, w in SHAPES))
     monkeypatch.setattr(sizing, "FIT", FIT)
-    seen = fake_probes(monkeypatch, rates, N, gain)
+    table = vocabularies or {}
+    seen = fake_probes(monkeypatch, rates, N, gain, {v: f for v, _, f in table.values()})
+
+    def vocabulary(setting):
+        if setting not in table:
+            return None
+        return sizing.Vocabulary(setting, table[setting][0], table[setting][1])
+
     cfg = tiny_config(registry, **overrides).replace(time=time, steps=0)
-    c = sizing.choose(cfg, registry, 50, torch.device("cpu"), None, log=lambda m: None)
+    args = (cfg, registry, cfg.vocab_size or 50, torch.device("cpu"), None)
+    c = sizing.choose(*args, log=lambda m: None, bytes_per_token=2.0, vocabulary=vocabulary)
     return c, [(d, w) for d, w, b in seen if b == cfg.batch_size]
 
 
@@ -53,8 +66,9 @@ def test_the_shape_with_the_lowest_predicted_bpb_wins_and_probing_stops_past_it(
 ):
     # tokens/s falling about as 1/N: a bigger model sees fewer tokens in the same time
     rates = {(2, 64): 40_000.0, (4, 64): 20_000.0, (4, 128): 5_000.0, (4, 256): 1_250.0}
+    monkeypatch.setattr(sizing, "MARGIN", 10.0)  # here the patience ends it (the margin: below)
     c, seen = choice(monkeypatch, registry, rates)
-    predicted = {s: sizing.predicted_bpb(N[s], rates[s] * 1000.0) for s in SHAPES}
+    predicted = {s: sizing.predicted_bpb(N[s], rates[s] * 1000.0, 2.0) for s in SHAPES}
     best = min(predicted, key=predicted.get)
     assert (c.n_layer, c.n_embd) == best and c.n_head == HEADS[best]
     assert best != SHAPES[-1]  # the case is interesting: the prediction rises after the best
@@ -202,9 +216,42 @@ def test_a_bigger_batch_probes_the_bigger_shapes_again(monkeypatch, registry):
     cfg = tiny_config(registry).replace(time=1000.0, steps=0)
     c = sizing.choose(cfg, registry, 50, torch.device("cpu"), None, log=lambda m: None)
     at4 = [(d, w) for d, w, b in calls if b == 4]
-    assert at4 == list(SHAPES)  # (4, 64) best at batch 4, then two worse
+    assert at4 == list(SHAPES[:3])  # (4, 64) best at batch 4, (4, 128) a margin worse
     assert (4, 64, 8) in calls and (4, 128, 8) in calls  # the batch, then the shapes above
     assert (c.n_layer, c.n_embd, c.settings["batch_size"]) == (4, 128, 8)
+
+
+RATES = {(2, 64): 40_000.0, (4, 64): 20_000.0, (4, 128): 5_000.0, (4, 256): 1_250.0}
+
+
+def test_the_vocabulary_doubles_while_its_longer_tokens_outweigh_its_slower_step(
+    monkeypatch, registry
+):
+    """From 512 (2.0 bytes per token): 1,024 carries 2.6 at 0.95x the rate (text 1.24x:
+    better), 2,048 3.0 at 0.6x (0.9x: worse); 256 is not tried once a larger one won."""
+    table = {1024: (1024, 2.6, 0.95), 2048: (2048, 3.0, 0.6), 256: (256, 1.6, 1.9)}
+    c, _ = choice(monkeypatch, registry, RATES, vocabularies=table, vocab_size=512)
+    assert c.settings["vocab_size"] == 1024 and c.to_dict()["vocab_size"] == 1024
+    assert c.bytes_per_token == 2.6  # the chosen tokenizer's, which the prediction counted
+    assert {p["vocab_size"] for p in c.probes} == {512, 1024, 2048}
+    assert "vocabulary 1,024 of 512, 1,024, 2,048" in c.reason
+
+
+def test_a_smaller_vocabulary_is_tried_when_a_larger_one_loses(monkeypatch, registry):
+    table = {1024: (1024, 2.1, 0.8), 256: (256, 1.5, 1.5)}  # 128 is below VOCABULARIES
+    c, _ = choice(monkeypatch, registry, RATES, vocabularies=table, vocab_size=512)
+    assert c.settings["vocab_size"] == 256
+    assert {p["vocab_size"] for p in c.probes} == {512, 1024, 256}
+
+
+def test_the_recipes_vocabulary_stays_where_no_other_is_better_or_none_is_set(
+    monkeypatch, registry
+):
+    table = {1024: (1024, 2.0, 0.9), 256: (256, 2.0, 0.9)}  # the same text, a slower step
+    c, _ = choice(monkeypatch, registry, RATES, vocabularies=table, vocab_size=512)
+    assert "vocab_size" not in c.settings and c.bytes_per_token == 2.0
+    c, _ = choice(monkeypatch, registry, RATES, vocabularies=table)  # vocab_size 0: its own
+    assert {p["vocab_size"] for p in c.probes} == {50} and "vocab_size" not in c.settings
 
 
 def test_klm_run_size_auto_trains_the_chosen_shape_and_says_why(tmp_path, klm, monkeypatch):
@@ -213,6 +260,7 @@ def test_klm_run_size_auto_trains_the_chosen_shape_and_says_why(tmp_path, klm, m
     monkeypatch.setattr(sizing, "FIT", FIT)
     out = tmp_path / "run"
     args = ["--block-size", "16", "--batch-size", "4", "--set", "final_eval_bytes=1024"]
+    args += ["--tokenizer", "bpe", "--vocab-size", "300"]  # 600 is learnt and tried (perhaps more)
     code, _, err = klm("run", "--time", "2s", "--size", "auto", *args, "--out", out, "-q")
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
@@ -223,6 +271,9 @@ def test_klm_run_size_auto_trains_the_chosen_shape_and_says_why(tmp_path, klm, m
     )  # fmt: skip
     assert config["size"] == "auto" and size["fit"] == FIT
     assert 1 < size["bytes_per_token"] < 8  # the rule counted this tokenizer's text
+    vocabularies = {p["vocab_size"]: p["bytes_per_token"] for p in size["probes"]}
+    assert {300, 600} <= set(vocabularies) and vocabularies[600] > vocabularies[300]
+    assert config["vocab_size"] == size.get("vocab_size", 300)  # the run trains the choice
     assert size["probes"][0]["tokens_per_s"] > 0 and "lowest predicted" in size["reason"]
 
 
@@ -250,13 +301,22 @@ def test_a_comparison_refuses_size_auto(klm, tmp_path):
 
 def test_one_worse_probe_does_not_end_the_search_and_two_in_a_row_do(monkeypatch, registry):
     # (then 9.0: the doubled batch, no faster here, is probed and left)
-    predictions = chain([3.0, 2.0, 2.5, 1.5], repeat(9.0))  # the third probe slowed by other work
+    predictions = chain([3.0, 2.0, 2.01, 1.5], repeat(9.0))  # the third slowed by other work
     monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens, per_token: next(predictions))
     c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
     assert seen == list(SHAPES) and (c.n_layer, c.n_embd) == SHAPES[3]
-    predictions = chain([2.0, 2.5, 2.6, 1.0], repeat(9.0))
+    predictions = chain([2.0, 2.01, 2.015, 1.0], repeat(9.0))
     c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
     assert seen == list(SHAPES[:3]) and (c.n_layer, c.n_embd) == SHAPES[0]
+
+
+def test_one_probe_predicting_a_margin_worse_ends_the_search(monkeypatch, registry):
+    """A probe MARGIN worse than the best is past it, not slowed: the bigger shapes would only
+    cost their probes' time and memory."""
+    predictions = chain([3.0, 2.0, 2.0 + sizing.MARGIN + 0.001, 1.0], repeat(9.0))
+    monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens, per_token: next(predictions))
+    c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
+    assert seen == list(SHAPES[:3]) and (c.n_layer, c.n_embd) == SHAPES[1]
 
 
 def test_probing_goes_on_while_the_prediction_falls_whatever_its_rounding(monkeypatch, registry):
