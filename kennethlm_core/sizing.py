@@ -17,10 +17,10 @@ vocabulary carries more text, and bits per byte are paid per byte.
 training steps of the run's own model, optimizer, batch, context, precision and compilation;
 a shape then sees D = tokens/s x the time budget, and the shape with the lowest predicted
 val_bpb wins. A probe's rate is that of its median step, so that a step slowed by other work
-on the machine does not count; probing stops once two shapes in a row predict worse than the
-best so far (the prediction falls, then rises; one slowed probe does not end the search), or
-one predicts worse by MARGIN, more than a slowed probe would (the bigger shapes would only
-cost the time and the memory of their probes).
+on the machine does not count. The prediction falls, then rises: probing stops at the first
+shape that predicts worse than the best so far, so no shape more than one past the best costs
+a probe's time and memory; one that predicts worse by less than MARGIN, as a probe slowed by
+other work might, is probed again first, and the faster of the two counts.
 
 Then the batch: the loss model has no term for it, since below the critical batch size (far
 above the few thousand tokens per step of a CPU run; McCandlish et al., 2018) a larger batch
@@ -81,8 +81,7 @@ SHAPES = (
 FIT = {"E": 0.9419, "A": 13.9076, "alpha": 0.25, "B": 337.501, "beta": 0.45}
 FIT_BYTES_PER_TOKEN = 2.4787  # the fit's BPE 1,024 on ../shared/data/corpus (size_rule.py)
 PROBE_S = 1.5  # seconds of training steps per probed shape
-PATIENCE = 2  # probing stops after this many shapes in a row predict worse than the best
-MARGIN = 0.02  # or at one that predicts this much worse (a rate 5% off moves it by ~0.005)
+MARGIN = 0.02  # a shape predicting worse by less is probed again (a rate 5% off: ~0.005)
 RATE_GAIN = 1.05  # a doubled batch is taken when it is at least this much faster
 MIN_STEPS = 1000  # and the run keeps at least this many optimizer steps
 MAX_DOUBLINGS = 5  # the batch grows to at most 32 times the recipe's
@@ -218,17 +217,19 @@ class _Prober:
 
     def ladder(self, shapes, batch: int, best: dict[str, Any] | None = None) -> dict[str, Any]:
         """The best of ``shapes`` (smallest first) at ``batch`` and ``best`` (a probe already
-        made), stopping past the best: at a shape that predicts MARGIN worse than it, or at
-        PATIENCE shapes in a row that predict worse."""
+        made), stopping at the first shape that predicts worse than the best so far. One that
+        predicts worse by less than MARGIN, as a probe slowed by other work might, is probed
+        again first and the faster of the two counts."""
         tried = [best] if best else []
-        lowest, worse = (best["_bpb"] if best else float("inf")), 0
+        lowest = best["_bpb"] if best else float("inf")
         for shape in shapes:
             p = self.probe(shape, batch)
+            if lowest < p["_bpb"] <= lowest + MARGIN:
+                p = min(p, self.probe(shape, batch), key=lambda q: q["_bpb"])
             tried.append(p)
-            worse = worse + 1 if p["_bpb"] > lowest else 0
-            if worse == PATIENCE or p["_bpb"] > lowest + MARGIN:
+            if p["_bpb"] > lowest:
                 break  # past the best: bigger shapes see ever fewer tokens
-            lowest = min(lowest, p["_bpb"])
+            lowest = p["_bpb"]
         return min(tried, key=lambda p: p["_bpb"])
 
 

@@ -66,13 +66,13 @@ def test_the_shape_with_the_lowest_predicted_bpb_wins_and_probing_stops_past_it(
 ):
     # tokens/s falling about as 1/N: a bigger model sees fewer tokens in the same time
     rates = {(2, 64): 40_000.0, (4, 64): 20_000.0, (4, 128): 5_000.0, (4, 256): 1_250.0}
-    monkeypatch.setattr(sizing, "MARGIN", 10.0)  # here the patience ends it (the margin: below)
+    monkeypatch.setattr(sizing, "MARGIN", 0.0)  # no second probes (below)
     c, seen = choice(monkeypatch, registry, rates)
     predicted = {s: sizing.predicted_bpb(N[s], rates[s] * 1000.0, 2.0) for s in SHAPES}
     best = min(predicted, key=predicted.get)
     assert (c.n_layer, c.n_embd) == best and c.n_head == HEADS[best]
     assert best != SHAPES[-1]  # the case is interesting: the prediction rises after the best
-    assert seen == list(SHAPES[: SHAPES.index(best) + 1 + sizing.PATIENCE])  # no further
+    assert seen == list(SHAPES[: SHAPES.index(best) + 2])  # one past the best, no further
     shapes = [p for p in c.probes if p["batch_size"] == BATCH]
     assert [p["predicted_bpb"] for p in shapes] == [round(predicted[s], 4) for s in seen]
     assert "lowest predicted val_bpb" in c.reason and "tokens per parameter" in c.reason
@@ -299,20 +299,22 @@ def test_a_comparison_refuses_size_auto(klm, tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
-def test_one_worse_probe_does_not_end_the_search_and_two_in_a_row_do(monkeypatch, registry):
-    # (then 9.0: the doubled batch, no faster here, is probed and left)
-    predictions = chain([3.0, 2.0, 2.01, 1.5], repeat(9.0))  # the third slowed by other work
+def test_a_probe_slightly_worse_is_probed_again_and_the_faster_counts(monkeypatch, registry):
+    # the third shape's first probe slowed by other work (2.01), its second 1.9: on to the fourth
+    predictions = chain([3.0, 2.0, 2.01, 1.9, 1.5], repeat(9.0))
     monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens, per_token: next(predictions))
     c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
-    assert seen == list(SHAPES) and (c.n_layer, c.n_embd) == SHAPES[3]
+    assert seen == [SHAPES[0], SHAPES[1], SHAPES[2], SHAPES[2], SHAPES[3]]
+    assert (c.n_layer, c.n_embd) == SHAPES[3]
+    # worse twice: past the best, which stays the first shape
     predictions = chain([2.0, 2.01, 2.015, 1.0], repeat(9.0))
     c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
-    assert seen == list(SHAPES[:3]) and (c.n_layer, c.n_embd) == SHAPES[0]
+    assert seen == [SHAPES[0], SHAPES[1], SHAPES[1]] and (c.n_layer, c.n_embd) == SHAPES[0]
 
 
-def test_one_probe_predicting_a_margin_worse_ends_the_search(monkeypatch, registry):
-    """A probe MARGIN worse than the best is past it, not slowed: the bigger shapes would only
-    cost their probes' time and memory."""
+def test_a_probe_predicting_a_margin_worse_ends_the_search_at_once(monkeypatch, registry):
+    """A probe MARGIN worse than the best is past it, not slowed: neither it nor the bigger
+    shapes are probed again (each would cost its probe's time and memory)."""
     predictions = chain([3.0, 2.0, 2.0 + sizing.MARGIN + 0.001, 1.0], repeat(9.0))
     monkeypatch.setattr(sizing, "predicted_bpb", lambda n, tokens, per_token: next(predictions))
     c, seen = choice(monkeypatch, registry, dict.fromkeys(SHAPES, 1000.0))
