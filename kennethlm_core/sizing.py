@@ -271,14 +271,15 @@ def choose(
         above = SHAPES[SHAPES.index(shape) + 1 :]
         if above:
             pick = prober.ladder(above, batch, pick)
+    why_vocab = ""
+    if vocabulary is not None and cfg.vocab_size:
+        pick, why_vocab = _vocabulary(prober, pick, batch, vocabulary)
+    if batch != cfg.batch_size:
         scale = math.sqrt(batch / cfg.batch_size)
         why_batch = (
             f"; batch {batch}, {pick['steps']:,} steps, learning rates x{scale:.2f}"
             f" (a doubling was {RATE_GAIN:.2f}x the rate or more)"
         )
-    why_vocab = ""
-    if vocabulary is not None and cfg.vocab_size:
-        pick, why_vocab = _vocabulary(prober, pick, batch, vocabulary)
     largest = _shape(pick) == SHAPES[-1]
     reason = (
         f"{pick['n_layer']} layers x {pick['n_embd']} ({pick['n_head']} heads): the lowest "
