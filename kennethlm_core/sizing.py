@@ -159,7 +159,7 @@ class Choice:
     reason: str
     probes: list[dict[str, Any]] = field(default_factory=list)
     bytes_per_token: float | None = None  # the run's tokenizer's, which the rule counted
-    settings: dict[str, Any] = field(default_factory=dict)  # batch and learning rates, if changed
+    settings: dict[str, Any] = field(default_factory=dict)  # what changed: batch, rates, vocab
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
@@ -295,7 +295,12 @@ def choose(
     return Choice(*_shape(pick), reason, prober.probes, pick["bytes_per_token"], settings)
 
 
-def _vocabulary(prober: _Prober, pick: dict[str, Any], batch: int, vocabulary) -> tuple:
+def _vocabulary(
+    prober: _Prober,
+    pick: dict[str, Any],
+    batch: int,
+    vocabulary: Callable[[int], Vocabulary | None],
+) -> tuple[dict[str, Any], str]:
     """(the best probe, why) over vocabularies at ``pick``'s shape and ``batch``: doubling the
     recipe's vocabulary while that predicts better, else halving it while that does."""
     cfg, best = prober.cfg, pick
@@ -342,8 +347,10 @@ def auto_size(cfg: RunConfig, registry: Any, log=print) -> tuple[RunConfig, Choi
             return None
         return Vocabulary(setting, size, domain_stats(other)["total"]["bytes_per_token"])
 
-    autocast = lambda: chosen.autocast(device)  # noqa: E731
-    choice = choose(cfg, registry, vocab_size, device, autocast, log, per_token, vocabulary)
+    choice = choose(
+        cfg, registry, vocab_size, device, lambda: chosen.autocast(device), log, per_token,
+        vocabulary,
+    )  # fmt: skip
     log(f"size auto: {choice.reason}")
     sized = cfg.replace(
         n_layer=choice.n_layer, n_head=choice.n_head, n_embd=choice.n_embd, **choice.settings
