@@ -1,6 +1,6 @@
 # The README's commands. Each target builds .venv when it is missing or stale, then runs.
 #   make run   [ARGS="--steps 500"]   train the default model on the embedded Danish sample
-#   make test  [ARGS="-k tokenizer"]  run the test suite
+#   make test  [ARGS="-k tokenizer"]  run the test suite (TEST_JOBS=2 workers, one per file)
 #   make bench [ARGS=...]             run benchmarks/throughput.py
 #   make docs                         build the documentation site into site/ (mkdocs.yml)
 
@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PLUGIN_DIRS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
+TEST_JOBS ?= 2
 
 .PHONY: run test bench docs lint format clean FORCE
 
@@ -15,7 +16,7 @@ run: $(VENV)/.installed
 	$(BIN)/klm run $(ARGS)
 
 test: $(VENV)/.installed
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py $(ARGS)

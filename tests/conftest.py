@@ -11,6 +11,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# Under pytest-xdist (`make test` runs two workers) each worker and the `klm` processes it
+# starts compute on one thread: two workers with a thread per core each would oversubscribe the
+# cores, and threads waiting on a descheduled partner stall for a scheduler tick.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 
 def copy_ledger(folder: Path) -> Path:
     """registry.toml and the pages rendered from it (docs/results.md, README.md) copied into
@@ -25,8 +32,14 @@ def copy_ledger(folder: Path) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def klm_cache(tmp_path_factory):
-    """Every test session gets its own token cache, so tests never see a user's cache."""
-    path = tmp_path_factory.mktemp("klm-cache")
+    """Every test session gets its own token cache, so tests never see a user's cache. The
+    workers of one xdist session share it (the cache takes a file lock per entry), so each
+    tokenizer is learnt and each split tokenized once per session, not once per worker."""
+    if WORKER:
+        path = tmp_path_factory.getbasetemp().parent / "klm-cache"
+        path.mkdir(exist_ok=True)
+    else:
+        path = tmp_path_factory.mktemp("klm-cache")
     old = os.environ.get("KLM_CACHE")
     os.environ["KLM_CACHE"] = str(path)
     yield path

@@ -198,7 +198,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     for domain, value in sorted(summary["val_bpb_by_domain"].items()):
         table.add_row(domain, f"{value:.4f}")
     console.print(table)
-    console.print(f"run files: {out}")
+    console.print(f"run files: {out}", soft_wrap=True)  # a path to copy: never wrapped
 
 
 # -- klm sample ------------------------------------------------------------------------------
