@@ -10,8 +10,11 @@ bf16 has float32's range and needs no scaler); elsewhere (MPS) it is refused.
 - on a CUDA GPU with bf16: bf16 autocast;
 - on a CPU: bf16 autocast only where the CPU has bf16 matrix instructions (AMX-BF16 or
   AVX512-BF16 on x86, BF16 on Arm) *and* a probe at the run's own shapes shows it faster:
-  a few forward and backward passes of the run's model on a batch of the run's size, in each
-  precision, timed (the weights, gradients and random state are left as they were). A CPU
+  a few forward and backward passes of the run's model at the run's context, in each
+  precision, timed (the weights, gradients and random state are left as they were). The
+  probe's batch is the run's, cut to at most ``PROBE_TOKENS`` tokens: matrices of 2,048 rows
+  already show the bf16 units' gain, and a full batch of a large model in eager float32 would
+  hold more memory than the compiled run itself. A CPU
   without such units emulates bf16 in software, many times slower than float32, so it is not
   even probed;
 - elsewhere (MPS, other devices): float32.
@@ -43,6 +46,7 @@ from kennethlm_core.model import build_model
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # /proc/cpuinfo: x86 AMX, x86 AVX-512, Arm
 PROBE_MARGIN = 1.10  # bf16 must be at least 10% faster to be chosen
 PROBE_STEPS = 3  # timed steps per precision, after one untimed warm-up step
+PROBE_TOKENS = 2048  # the probe's batch: the run's rows, cut to this many tokens
 FORCE = "KLM_DTYPE_PROBE"
 
 
@@ -180,15 +184,22 @@ def choose(
         return Precision(forced, f"{FORCE}={forced} (the probe's answer, forced)")
     if model is None:
         return Precision("float32", "no model to probe")
-    fp32 = time_step(model, batch_shape, vocab_size, device, "float32")
-    bf16 = time_step(model, batch_shape, vocab_size, device, "bfloat16")
-    probe = {"float32_s": fp32, "bfloat16_s": bf16, "speedup": fp32 / bf16}
+    shape = probe_shape(batch_shape)
+    fp32 = time_step(model, shape, vocab_size, device, "float32")
+    bf16 = time_step(model, shape, vocab_size, device, "bfloat16")
+    probe = {"float32_s": fp32, "bfloat16_s": bf16, "speedup": fp32 / bf16, "rows": shape[0]}
     units_text = ", ".join(units)
     if fp32 >= PROBE_MARGIN * bf16:
         reason = f"{units_text}; the probe's step is {fp32 / bf16:.2f}x faster in bf16"
         return Precision("bfloat16", reason, probe)
     reason = f"{units_text}, but the probe's step is only {fp32 / bf16:.2f}x as fast in bf16"
     return Precision("float32", reason, probe)
+
+
+def probe_shape(batch_shape: tuple[int, int]) -> tuple[int, int]:
+    """The probe's batch: the run's context, and its rows cut to ``PROBE_TOKENS`` tokens."""
+    rows, context = batch_shape
+    return max(1, min(rows, -(-PROBE_TOKENS // context))), context
 
 
 def time_step(
