@@ -2,7 +2,7 @@
 
     python benchmarks/speedrun.py [--time 15m] [--corpus ../shared/data/corpus]
         [--baseline baseline] [--record record] [--seed 1] [--out experiments/speedrun-15m]
-        [--set key=value ...] [--side-by-side] [--size auto]
+        [--set key=value ...] [--side-by-side] [--size auto] [--device auto]
 
 Trains the two recipes one after the other, each as its own `klm run --time T` process with
 all the cores, or with ``--side-by-side`` at the same time, each with half of them (half the
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import best_peak, flops_per_token  # noqa: E402
 
 from kennethlm_core.config import RunConfig, parse_duration  # noqa: E402
-from kennethlm_core.device import cpu_name  # noqa: E402
+from kennethlm_core.device import describe_device, pick_device  # noqa: E402
 from kennethlm_core.plugins import get_registry  # noqa: E402
 from kennethlm_core.rundir import read_metrics  # noqa: E402
 
@@ -53,6 +53,7 @@ def start(recipe: str, args, out: Path, extra=()) -> tuple[subprocess.Popen, flo
     """`klm run --recipe RECIPE --time T` in a child process."""
     cmd = [sys.executable, "-m", "kennethlm_core", "run", "--recipe", recipe, *extra]
     cmd += ["--time", args.time, "--corpus", args.corpus, "--seed", str(args.seed)]
+    cmd += ["--device", args.device]
     cmd += ["--out", str(out), "--force", "-q"]
     for setting in args.set:
         cmd += ["--set", setting]
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--baseline", default="baseline")
     ap.add_argument("--record", default="record")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (klm run --device)")
     ap.add_argument("--out", type=Path, help="default experiments/speedrun-<time>")
     ap.add_argument("--set", action="append", default=[], help="key=value for both runs")
     ap.add_argument(
@@ -104,9 +106,10 @@ def main() -> None:
     seconds = parse_duration(args.time)
     out = args.out or REPO / "experiments" / f"speedrun-{seconds:g}s"
 
+    device = pick_device(args.device)
     print(
-        f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; load average {load():.2f} at the start"
+        f"machine: {describe_device(device)}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"load average {load():.2f} at the start"
     )
     if load() > 1.5:
         print("warning: the machine is busy; the timings will be pessimistic")
@@ -116,7 +119,7 @@ def main() -> None:
     if args.side_by_side:
         threads = int(next(s for s in args.set if s.startswith("threads=")).split("=")[1])
         torch.set_num_threads(threads)
-        peak, dtype = best_peak()
+        peak, dtype = best_peak(device.type)
         peaks["baseline"] = peaks["record"] = peak
         print(f"{dtype} matmul peak, {threads} threads: {peak / 1e9:.1f} GFLOP/s")
         started = {arm: start(recipes[arm], args, out / arm, extra[arm]) for arm in recipes}
@@ -124,7 +127,7 @@ def main() -> None:
     else:
         for arm in recipes:
             # the peak just before each run: under a changing load, one peak for both misleads
-            peaks[arm], dtype = best_peak()
+            peaks[arm], dtype = best_peak(device.type)
             print(f"{dtype} matmul peak before {arm}: {peaks[arm] / 1e9:.1f} GFLOP/s")
             started = start(recipes[arm], args, out / arm, extra[arm])
             runs[arm] = finish(recipes[arm], started, out / arm)

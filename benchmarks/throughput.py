@@ -47,10 +47,13 @@ REPO = Path(__file__).resolve().parent.parent
 def matmul_peak(dtype: torch.dtype, device: str = "cpu", seconds: float = 2.0) -> float:
     """Best FLOP/s over a few square matmul sizes (at least one timed product each)."""
     best = 0.0
-    for n in (256, 512, 1024, 2048):
+    sizes = (1024, 2048, 4096, 8192) if device == "cuda" else (256, 512, 1024, 2048)
+    for n in sizes:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         a @ b  # warm up
+        if device == "cuda":
+            torch.cuda.synchronize()
         reps, start = 0, time.perf_counter()
         while reps == 0 or time.perf_counter() - start < seconds / 4:
             a @ b
