@@ -14,9 +14,8 @@ bf16 has float32's range and needs no scaler); elsewhere (MPS) it is refused.
   precision, timed (the weights, gradients and random state are left as they were). The
   probe's batch is the run's, cut to at most ``PROBE_TOKENS`` tokens: matrices of 2,048 rows
   already show the bf16 units' gain, and a full batch of a large model in eager float32 would
-  hold more memory than the compiled run itself. A CPU
-  without such units emulates bf16 in software, many times slower than float32, so it is not
-  even probed;
+  hold more memory than the compiled run itself. A CPU without such units emulates bf16 in
+  software, many times slower than float32, so it is not even probed;
 - elsewhere (MPS, other devices): float32.
 
 The choice, its reason and the probe's figures go into summary.json (``precision``). A
@@ -54,7 +53,7 @@ FORCE = "KLM_DTYPE_PROBE"
 class Precision:
     dtype: str  # float32, bfloat16 or float16
     reason: str
-    probe: dict[str, float] | None = None  # seconds per step of each precision, and the ratio
+    probe: dict[str, float] | None = None  # seconds per step of each precision, ratio, rows
 
     def autocast(self, device: torch.device):
         """The context the model's forward passes run in."""
