@@ -196,9 +196,10 @@ def choose(
 
 
 def probe_shape(batch_shape: tuple[int, int]) -> tuple[int, int]:
-    """The probe's batch: the run's context, and its rows cut to ``PROBE_TOKENS`` tokens."""
+    """The probe's batch: the run's context, and its rows cut to ``PROBE_TOKENS`` tokens (one
+    row where the context alone is longer)."""
     rows, context = batch_shape
-    return max(1, min(rows, -(-PROBE_TOKENS // context))), context
+    return min(rows, max(1, PROBE_TOKENS // context)), context
 
 
 def time_step(

@@ -51,9 +51,8 @@ def test_the_probe_chooses_bf16_only_when_it_is_clearly_faster(probe, registry):
     timings(probe, fp32=0.30, bf16=0.10)
     fast = precision.choose(CPU, "auto", model, (4, 16), 64)
     assert fast.dtype == "bfloat16" and "3.00x faster" in fast.reason and "amx_bf16" in fast.reason
-    assert fast.probe == {
-        "float32_s": 0.30, "bfloat16_s": 0.10, "speedup": pytest.approx(3.0), "rows": 4
-    }  # fmt: skip
+    speedup = pytest.approx(3.0)
+    assert fast.probe == {"float32_s": 0.30, "bfloat16_s": 0.10, "speedup": speedup, "rows": 4}
     timings(probe, fp32=0.105, bf16=0.10)  # 5% faster: within the margin, not worth it
     slow = precision.choose(CPU, "auto", model, (4, 16), 64)
     assert slow.dtype == "float32" and "1.05x" in slow.reason
@@ -67,7 +66,8 @@ def test_the_probe_times_the_runs_context_on_at_most_probe_tokens_tokens(probe, 
     assert shapes == [(32, 64), (32, 64)] and chosen.probe["rows"] == 32
     precision.choose(CPU, "auto", model, (8, 64), 64)  # a small batch is timed whole
     precision.choose(CPU, "auto", model, (4, 4096), 64)  # a context past the budget: one row
-    assert shapes[2:] == [(8, 64), (8, 64), (1, 4096), (1, 4096)]
+    precision.choose(CPU, "auto", model, (96, 100), 64)  # never past the budget: 20 rows
+    assert shapes[2:] == [(8, 64), (8, 64), (1, 4096), (1, 4096), (20, 100), (20, 100)]
 
 
 def test_the_probes_answer_can_be_forced(probe):
