@@ -44,6 +44,29 @@ class PositionalEmbedding(nn.Module):
         return None
 
 
+class Counted(nn.Module):
+    """A model part trained by counting the training tokens rather than by gradients (an
+    n-gram model, ``--tweak ngram``). Its counts are buffers, saved with the weights.
+
+    A new run calls ``count(tokens)`` once, before its first step, with the whole training
+    split (a resumed or branched run loads the counts from its checkpoint), and charges the
+    time to its training clock. Counts differ in size from run to run, so the buffers are
+    built empty and ``resize`` makes them the size of those being loaded.
+    """
+
+    counted = True  # what checkpoint.load_state looks for (it sits below this module)
+
+    def count(self, tokens: Any) -> None:
+        """Count ``tokens``, the (N,) training token ids, into the buffers."""
+        raise NotImplementedError
+
+    def resize(self, saved: dict[str, torch.Tensor]) -> None:
+        """Make each buffer named in ``saved`` an empty tensor of that one's shape and dtype."""
+        for name, t in saved.items():
+            if name in self._buffers:
+                setattr(self, name, torch.empty_like(t, device=self._buffers[name].device))
+
+
 @dataclass(frozen=True)
 class Document:
     """One document of a corpus. ``source`` names where it comes from (a file's ``source``

@@ -243,6 +243,7 @@ def remote_model(lm: Any, run: Path) -> Any:
     config = KennethLMConfig(
         klm_config=lm.config.to_dict(),
         klm_distributions=distributions(run, lm),
+        klm_counted=counted_shapes(lm.model),
         vocab_size=lm.tokenizer.vocab_size,
         tie_word_embeddings=tied,
         bos_token_id=doc,
@@ -255,6 +256,21 @@ def remote_model(lm: Any, run: Path) -> Any:
     model = KennethLMForCausalLM(config)
     model.model.load_state_dict(lm.model.state_dict())
     return model
+
+
+def counted_shapes(model: Any) -> dict[str, tuple[list[int], str]]:
+    """Name -> (shape, dtype) of each saved buffer of a part trained by counting
+    (components.Counted), which the configuration alone does not size."""
+    shapes = {}
+    for prefix, part in model.named_modules():
+        if getattr(part, "counted", False):
+            for name, t in part.named_buffers(recurse=False):
+                if name not in part._non_persistent_buffers_set:
+                    shapes[f"{prefix}.{name}"] = (
+                        list(t.shape),
+                        str(t.dtype).removeprefix("torch."),
+                    )
+    return shapes
 
 
 @torch.no_grad()

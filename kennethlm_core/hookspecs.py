@@ -136,7 +136,11 @@ def klm_register_tweak(register):
       scalars, U-net skips);
     - ``model.value_input``: a module ``(i, idx) -> (B, T, C) or None``, added to the values of
       block i's attention before they are split into heads (value embeddings);
-    - ``model.logits_transform``: a module ``logits -> logits`` (soft-capping).
+    - ``model.logits_transform``: a module ``logits -> logits`` (soft-capping);
+    - ``model.output_mix``: a module ``(idx, logits) -> logits`` after it, mixing another
+      model's next-token distribution into the GPT's (an n-gram model). A part trained by
+      counting rather than by gradients subclasses ``components.Counted``: a new run counts
+      the training split into it before the first step.
 
     Every seam is None in a plain GPT, which is then unchanged. A seam holds one tweak:
     declare the seams a tweak sets (``register(..., seams={"block_input"})``) and a run that

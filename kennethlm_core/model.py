@@ -95,6 +95,7 @@ class GPT(nn.Module):
         self.block_input = None  # (i, x, xs) -> x before block i: how blocks are wired
         self.value_input = None  # (i, idx) -> (B, T, C) or None, added to block i's values
         self.logits_transform = None  # logits -> logits (soft-capping)
+        self.output_mix = None  # (idx, logits) -> logits: another model mixed in (n-grams)
 
         self.apply(init_weights)
         for name, p in self.named_parameters():
@@ -120,6 +121,8 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))
         if self.logits_transform is not None:
             logits = self.logits_transform(logits)
+        if self.output_mix is not None:
+            logits = self.output_mix(idx, logits)
         return logits, lm_loss(logits, targets)
 
 

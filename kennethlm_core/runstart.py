@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from kennethlm_core.checkpoint import (
     read_checkpoint,
     unique_state,
 )
-from kennethlm_core.components import Loop
+from kennethlm_core.components import Counted, Loop
 from kennethlm_core.config import RunConfig, component_names, logger_components
 from kennethlm_core.data import Batches, cache_root, format_mix, mix_weights, prepare_data
 from kennethlm_core.device import pick_device
@@ -98,6 +99,8 @@ def start(
     dist.barrier()  # the run folder exists before any rank reads from it
     run = build_run(cfg, out, dist, registry, log, device, data, origin, list(mix.values()))
     meta = restore(run, resume, source, changes)
+    if not resume and source is None:
+        count_parts(run)
     start_callbacks(run, registry, resume, meta.get("extra", {}))
     choose_precision(run, meta.get("precision") if resume else None)
     if resume and meta.get("grad_scaler"):
@@ -175,6 +178,20 @@ def build_run(
     )  # fmt: skip
     run.loss_sum = torch.zeros((), device=device)
     return run
+
+
+def count_parts(run: Run) -> None:
+    """Count the training split into the model's counted parts (components.Counted, an n-gram
+    model), charging the time to the training clock: counting is how they train."""
+    for name, part in run.model.named_modules():
+        if isinstance(part, Counted):
+            t0 = time.perf_counter()
+            part.count(run.data.train.tokens)
+            took = time.perf_counter() - t0
+            run.clock.train_time += took
+            run.log(
+                f"counted {len(run.data.train.tokens):,} training tokens into {name} ({took:.1f}s)"
+            )
 
 
 def restore(run: Run, resume: bool, source: Path | None, changes: list) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Written into the model folder by ``klm export``; loaded with ``trust_remote_code=True``.
 ``klm_config`` is the run's own config.json (every setting, plugin options included), and
 ``klm_distributions`` the Python distributions that build the network, with the versions
-the run was trained with.
+the run was trained with; ``klm_counted`` the shape and dtype of each buffer of a part trained
+by counting (an n-gram model's counts), whose size the configuration does not fix.
 """
 
 from transformers import PretrainedConfig
@@ -16,12 +17,14 @@ class KennethLMConfig(PretrainedConfig):
         self,
         klm_config=None,
         klm_distributions=None,
+        klm_counted=None,
         vocab_size=257,
         tie_word_embeddings=True,
         **kwargs,
     ):
         self.klm_config = dict(klm_config or {})
         self.klm_distributions = dict(klm_distributions or {})
+        self.klm_counted = dict(klm_counted or {})
         self.vocab_size = vocab_size
         # the usual names, for tools that read them
         self.max_position_embeddings = self.klm_config.get("block_size", 64)

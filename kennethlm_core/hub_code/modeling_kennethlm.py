@@ -53,6 +53,10 @@ class KennethLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.klm_run_config = resolve(RunConfig.from_dict(config.klm_config), get_registry())
         self.block_size = self.klm_run_config.block_size
         self.model = build_model(self.klm_run_config, config.vocab_size, get_registry())
+        for name, (shape, dtype) in config.klm_counted.items():  # counts: sized as saved
+            part, _, buffer = name.rpartition(".")
+            saved = torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+            self.model.get_submodule(part).resize({buffer: saved})
         # parameters the network shares (tied embeddings) are saved once, under the first name
         first, tied = {}, {}
         for name, p in self.named_parameters(remove_duplicate=False):
@@ -80,6 +84,8 @@ class KennethLMForCausalLM(PreTrainedModel, GenerationMixin):
             fresh = build_model(self.klm_run_config, self.config.vocab_size, get_registry())
         for name, module in fresh.named_modules():
             for key in module._non_persistent_buffers_set:
+                if module._buffers[key] is None:  # made later, from other buffers
+                    continue
                 target = self.model.get_submodule(name)
                 device = (
                     self.device if target._buffers[key].is_meta else target._buffers[key].device
