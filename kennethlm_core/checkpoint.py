@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
-from kennethlm_core.atomic import atomic_write_bytes
+from kennethlm_core.atomic import atomic_write_with
 from kennethlm_core.errors import CheckpointError
 
 # isort: split
@@ -96,10 +97,23 @@ def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Non
             )
 
 
+def _save_file(tensors: dict[str, torch.Tensor], tmp: Path, metadata=None) -> None:
+    """safetensors' ``save_file``, which writes straight from the tensors (``save`` would hold
+    two copies of the file in memory); a write it could not make is an OSError, as any
+    other write's (a full disk, a file-size limit), with its errno."""
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(tmp)) from None
+
+
 def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     state = unique_state(model)
     check_finite(state, path)
-    atomic_write_bytes(path, save(state))
+    atomic_write_with(path, lambda tmp: _save_file(state, tmp))
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
@@ -132,7 +146,8 @@ def save_checkpoint(
     for name, t in (extra or {}).items():
         tensors[f"extra.{name}"] = t.detach().contiguous().cpu()
     klm = {**meta, "param_groups": opt["param_groups"], "optim_scalars": scalars}
-    atomic_write_bytes(path, save(tensors, metadata={"klm": json.dumps(klm)}))
+    metadata = {"klm": json.dumps(klm)}
+    atomic_write_with(path, lambda tmp: _save_file(tensors, tmp, metadata))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kennethlm_core.atomic import atomic_write_with
 from kennethlm_core.checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -85,6 +86,20 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temporary left behind
+
+
+def test_a_streamed_write_that_fails_half_way_keeps_the_old_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    atomic_write_text(path, "old")
+
+    def half(tmp):  # as save_file would, had it been killed half way through
+        tmp.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_with(path, half)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
