@@ -207,8 +207,11 @@ def test_remote_config_names_the_distributions(exported):
     assert set(config["klm_distributions"]) == {"kennethlm", *needed}
     assert {"klm-posemb-rope", "klm-mlp-relu2", "klm-tweak-qk-norm"} <= needed
     assert "klm-tokenizer-bpe" not in config["klm_distributions"]  # the tokenizer is HF's own
-    assert config["klm_config"]["tweak"] == "qk-norm,bigram-hash,untied-head"
+    assert config["klm_config"]["tweak"] == "qk-norm,bigram-hash,untied-head,ngram"
     assert config["tie_word_embeddings"] is False  # untied-head
+    # the n-gram's counts: sized by the run's data, not by its configuration
+    counted = config["klm_counted"]
+    assert counted["output_mix.keys2"][1] == "int64" and counted["output_mix.keys2"][0][0] > 0
 
 
 def test_a_missing_distribution_is_named(exported, tmp_path):
