@@ -67,10 +67,10 @@ def _metadata(path: Path) -> dict[str, Any]:
 
 
 def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    names = [k.rpartition(".") for k in tensors]
     for prefix, part in model.named_modules():  # counts come in the size they were counted
-        if getattr(part, "counted", False):  # a components.Counted part
-            mine = {k.rpartition(".") for k in tensors}
-            part.resize({name: tensors[f"{at}.{name}"] for at, _, name in mine if at == prefix})
+        if getattr(part, "counted", False):  # a components.Counted part (a layer above here)
+            part.resize({name: tensors[f"{at}.{name}"] for at, _, name in names if at == prefix})
     expected = unique_state(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

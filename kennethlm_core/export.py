@@ -45,7 +45,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from kennethlm_core import logs, provenance
 from kennethlm_core.builtin.tokenizers import ByteTokenizer, CharTokenizer
-from kennethlm_core.components import HFTokenizer
+from kennethlm_core.components import Counted, HFTokenizer
 from kennethlm_core.config import selected_components
 from kennethlm_core.errors import CheckpointError, KLMError
 from kennethlm_core.evaluate import LoadedRun
@@ -263,7 +263,7 @@ def counted_shapes(model: Any) -> dict[str, tuple[list[int], str]]:
     (components.Counted), which the configuration alone does not size."""
     shapes = {}
     for prefix, part in model.named_modules():
-        if getattr(part, "counted", False):
+        if isinstance(part, Counted):
             for name, t in part.named_buffers(recurse=False):
                 if name not in part._non_persistent_buffers_set:
                     shapes[f"{prefix}.{name}"] = (

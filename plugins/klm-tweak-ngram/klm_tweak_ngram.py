@@ -40,14 +40,16 @@ def key_bits(vocab_size: int) -> int:
 
 def context_keys(idx: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
     """(..., T) token ids -> (..., T - n + 2) keys of the n - 1 tokens ending at each position
-    from the (n - 2)-th on: the tokens packed as digits base vocab_size + 1 (each id + 1, so
-    no context is all zeros), kept in 63 - key_bits bits (exact up to vocab_size**(n-1) <
-    2**(63 - key_bits): order 5 at 4,096; beyond that an odd-multiplier hash)."""
+    from the (n - 2)-th on: the tokens packed as digits (each id + 1, so no context is all
+    zeros) in an odd base above vocab_size, kept in 63 - key_bits bits: exact while the
+    digits fit (order 5 at 4,096), beyond that a hash that still mixes every token in (an odd
+    multiplier loses no bits modulo a power of two)."""
+    base = (vocab_size + 1) | 1
     mask = (1 << (63 - key_bits(vocab_size))) - 1
     T = idx.size(-1)
     h = torch.zeros_like(idx[..., n - 2 :])
     for back in range(n - 2, -1, -1):  # the oldest token first; in place: 30M tokens count
-        h.mul_(vocab_size + 1).add_(idx[..., n - 2 - back : T - back]).add_(1).bitwise_and_(mask)
+        h.mul_(base).add_(idx[..., n - 2 - back : T - back]).add_(1).bitwise_and_(mask)
     return h
 
 

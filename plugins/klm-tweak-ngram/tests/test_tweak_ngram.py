@@ -81,10 +81,11 @@ def test_the_dense_bigram_table_gives_what_the_sparse_path_gives():
     torch.testing.assert_close(mix.probs(idx), mix.probs(idx, table=False))
 
 
-def test_keys_are_the_context_in_base_vocab_plus_one():
-    idx = torch.tensor([[3, 0, 6, 2]])
-    assert context_keys(idx, 3, V).tolist() == [[4 * 8 + 1, 1 * 8 + 7, 7 * 8 + 3]]
+def test_keys_are_the_context_in_an_odd_base_above_the_vocabulary():
+    idx = torch.tensor([[3, 0, 6, 2]])  # V = 7: base 9 (8 is even)
+    assert context_keys(idx, 3, V).tolist() == [[4 * 9 + 1, 1 * 9 + 7, 7 * 9 + 3]]
     assert context_keys(idx, 2, V).tolist() == [[4, 1, 7, 3]]
+    assert context_keys(idx, 3, 8).tolist() == [[4 * 9 + 1, 1 * 9 + 7, 7 * 9 + 3]]
 
 
 def test_evaluation_returns_the_log_of_the_mix_and_training_the_networks_logits():
